@@ -7,11 +7,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-  # Heavy (TensorFlow) parts load lazily so that `import elasticvit_tf` stays fast.
-  if name == "ElasticSupernet":
-    from elasticvit_tf.supernet import ElasticSupernet
-    return ElasticSupernet
-  if name in ("extract_subnet", "recalibrate_bn"):
-    from elasticvit_tf import extract
-    return getattr(extract, name)
-  raise AttributeError(f"module 'elasticvit_tf' has no attribute {name!r}")
+    # Heavy (TensorFlow) parts load lazily so that `import elasticvit_tf` stays fast.
+    if name == "ElasticSupernet":
+        from elasticvit_tf.supernet import ElasticSupernet
+
+        return ElasticSupernet
+    if name in ("extract_subnet", "recalibrate_bn"):
+        from elasticvit_tf import extract
+
+        return getattr(extract, name)
+    raise AttributeError(f"module 'elasticvit_tf' has no attribute {name!r}")
