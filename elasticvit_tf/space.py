@@ -332,6 +332,10 @@ def _validate_space(sp: SearchSpace) -> None:
         if list(values) != sorted(set(values)):
             err(field, values, "strictly increasing values")
 
+    for name in ("head_dim", "head_mul", "head_width", "num_classes", "transition_expand"):
+        v = getattr(sp, name)
+        if not isinstance(v, int) or v <= 0:
+            err(name, v, "a positive integer")
     grid("resolutions", sp.resolutions)
     grid("stem.widths", sp.stem.widths)
     grid("stem.depths", sp.stem.depths)
@@ -385,10 +389,6 @@ def _validate_space(sp: SearchSpace) -> None:
         prev_max, prev_min = max(s.widths), min(s.widths)
     if not sp.stages[0].kind == "C" or sp.stages[-1].kind != "T":
         err("stages", sp.stage_kinds, "conv stage(s) first and a transformer stage last")
-    for name in ("head_dim", "head_mul", "head_width", "num_classes", "transition_expand"):
-        v = getattr(sp, name)
-        if not isinstance(v, int) or v <= 0:
-            err(name, v, "a positive integer")
     if list(sp.flops_levels) != sorted(set(sp.flops_levels)):
         err("flops_levels", sp.flops_levels, "strictly increasing")
     if sp.level_bound <= 0:
@@ -563,7 +563,7 @@ DEMO_MIN_ARCH_ENCODINGS: tuple[tuple[float, list], ...] = (
     ),  # 3.01 MFLOPs
 )
 TINY_LEVEL_BOUND = 0.05  # bins [F, F + 0.1] MFLOPs (range 0.34 .. 3.19, median 1.06)
-TINY_FLOPS_LEVELS: tuple[float, ...] = (0.5, 0.8, 1.1, 1.5, 2.0)
+TINY_FLOPS_LEVELS: tuple[float, ...] = (0.5, 0.9, 1.2, 1.6, 2.0)
 TINY_MIN_ARCH_ENCODINGS: tuple[tuple[float, list], ...] = (
     (
         0.5,
