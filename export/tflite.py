@@ -1,0 +1,315 @@
+"""TFLite conversion per quantization mode, builtin ops only.
+
+`configure_converter` is the ONE place that maps a `QuantMode` to converter settings; both the main
+process (Keras 3 models, `convert`) and the QAT worker (tf_keras models) call it, so every mode is
+converted the same way everywhere.
+
+Measured facts this module relies on (DESIGN §3): convert with `TFLiteConverter.from_keras_model`
+(never `from_concrete_functions`, which produced NaNs); builtin ops only; int16x8 fails on
+HARD_SWISH, so it is not offered.
+
+This module imports only TensorFlow (not Keras), so it is safe to import from the legacy-Keras QAT
+worker process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import io
+import itertools
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "QuantMode",
+    "FlexOpError",
+    "parse_modes",
+    "configure_converter",
+    "convert",
+    "list_ops",
+    "check_builtin_only",
+    "make_representative_dataset",
+]
+
+
+class QuantMode(str, enum.Enum):
+    """Quantization modes of an exported model.
+
+    Values are the strings accepted by `--quantize`.
+    """
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    DYNAMIC = "dynamic"
+    INT8 = "int8"
+    QAT = "qat"
+
+    @classmethod
+    def parse(cls, value: "str | QuantMode") -> "QuantMode":
+        """Returns the mode named `value`; raises ValueError naming the valid modes."""
+        if isinstance(value, QuantMode):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise ValueError(
+                f"Unknown quantization mode {value!r}; expected one of "
+                f"{[m.value for m in cls]}."
+            ) from None
+
+    @property
+    def needs_representative_data(self) -> bool:
+        """Whether conversion needs a representative dataset (full-integer modes)."""
+        return self in (QuantMode.INT8, QuantMode.QAT)
+
+    @property
+    def file_name(self) -> str:
+        """Canonical file name of this mode's model in an export directory."""
+        return f"model_{self.value}.tflite"
+
+
+def parse_modes(value: "str | Iterable[str]") -> list[QuantMode]:
+    """Parses a comma list (or an iterable) of mode names, keeping order, dropping duplicates."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    modes: list[QuantMode] = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        mode = QuantMode.parse(item)
+        if mode not in modes:
+            modes.append(mode)
+    if not modes:
+        raise ValueError(f"No quantization mode given in {value!r}.")
+    return modes
+
+
+class FlexOpError(RuntimeError):
+    """A converted model contains select-TF (Flex) or other custom ops."""
+
+
+_INT8_IO_CHOICES = ("float", "int8")
+
+
+def make_representative_dataset(
+    samples: Any, steps: int | None = None, input_shape: tuple[int, ...] | None = None
+) -> Callable[[], Iterable[list[np.ndarray]]]:
+    """Wraps samples into the zero-argument generator factory the converter wants.
+
+    Args:
+        samples: a callable returning an iterable (already a converter-style factory), an
+            iterable of image batches (numpy arrays or tensors, `(N, H, W, C)`), or a
+            `tf.data.Dataset` yielding images or `(images, labels)`.
+        steps: maximum number of single images to yield (None: all).
+        input_shape: if given, the per-image shape (H, W, C) every sample must have.
+
+    Returns:
+        A callable returning a generator of `[float32 array of shape (1, H, W, C)]`.
+
+    Raises:
+        ValueError: if `samples` is None or yields nothing, or a sample has the wrong shape.
+    """
+    if samples is None:
+        raise ValueError(
+            "Full-integer quantization needs a representative dataset (training images); "
+            "received None."
+        )
+
+    def _images() -> Iterable[np.ndarray]:
+        source = samples() if callable(samples) else samples
+        for item in source:
+            if isinstance(item, (tuple, list)) and len(item) and not np.isscalar(item[0]):
+                item = item[0]
+            batch = np.asarray(item, dtype=np.float32)
+            if input_shape is not None and batch.ndim == len(input_shape):
+                batch = batch[None]
+            for image in batch:
+                if input_shape is not None and tuple(image.shape) != tuple(input_shape):
+                    raise ValueError(
+                        f"Representative sample has shape {tuple(image.shape)}; expected "
+                        f"{tuple(input_shape)} (the model's fixed input)."
+                    )
+                yield image
+
+    def _gen() -> Iterable[list[np.ndarray]]:
+        count = 0
+        for image in itertools.islice(_images(), steps):
+            count += 1
+            yield [image[None]]
+        if count == 0:
+            raise ValueError("The representative dataset yielded no images; expected at least 1.")
+
+    return _gen
+
+
+def configure_converter(
+    converter: Any,
+    mode: "QuantMode | str",
+    representative_dataset: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+    int8_io: str = "float",
+) -> None:
+    """Applies `mode`'s settings to a `tf.lite.TFLiteConverter`, builtin ops only.
+
+    Modes:
+        float32: no optimization.
+        float16: float16 weights (dequantized at load time on CPU).
+        dynamic: dynamic-range int8 weights, float activations.
+        int8: full-integer int8 weights and activations (needs `representative_dataset`);
+            `int8_io="int8"` also makes the input/output tensors int8.
+        qat: a model holding fake-quant nodes from quantization-aware training; converted as
+            full-integer int8 like `int8` (the representative dataset is optional, it only
+            calibrates tensors the QAT annotation left in float).
+
+    Args:
+        converter: the converter to configure in place.
+        mode: a `QuantMode` or its name.
+        representative_dataset: zero-argument generator factory, see
+            `make_representative_dataset`.
+        int8_io: "float" or "int8"; only used by the full-integer modes.
+
+    Raises:
+        ValueError: unknown mode or `int8_io`, or missing representative data for `int8`.
+    """
+    import tensorflow as tf
+
+    mode = QuantMode.parse(mode)
+    if int8_io not in _INT8_IO_CHOICES:
+        raise ValueError(f"int8_io must be one of {_INT8_IO_CHOICES}; received {int8_io!r}.")
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.allow_custom_ops = False
+    if mode is QuantMode.FLOAT32:
+        converter.optimizations = []
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode is QuantMode.FLOAT16:
+        converter.target_spec.supported_types = [tf.float16]
+        return
+    if mode is QuantMode.DYNAMIC:
+        return
+    # Full-integer modes.
+    if mode is QuantMode.INT8 and representative_dataset is None:
+        raise ValueError(
+            "Quantization mode 'int8' needs a representative dataset from the training split; "
+            "received none."
+        )
+    if representative_dataset is not None:
+        converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io == "int8":
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+
+
+def convert(
+    keras_model: Any,
+    mode: "QuantMode | str" = QuantMode.FLOAT32,
+    representative_dataset: Any = None,
+    int8_io: str = "float",
+    representative_steps: int | None = 100,
+) -> bytes:
+    """Converts a Keras model to a TFLite flatbuffer with builtin ops only.
+
+    Args:
+        keras_model: a Keras 3 (or, in the QAT worker, tf_keras) model with a fixed input shape
+            `(None, H, W, C)`.
+        mode: quantization mode (`QuantMode` or its name).
+        representative_dataset: for full-integer modes: anything `make_representative_dataset`
+            accepts (a converter-style factory, image batches, a tf.data.Dataset).
+        int8_io: "float" or "int8" input/output tensors for full-integer modes.
+        representative_steps: maximum representative images used for calibration.
+
+    Returns:
+        The `.tflite` flatbuffer bytes.
+
+    Raises:
+        ValueError: bad mode / int8_io / missing representative data.
+        FlexOpError: if the converted model needs select-TF (Flex) or custom ops.
+    """
+    import tensorflow as tf
+
+    mode = QuantMode.parse(mode)
+    rep = None
+    if representative_dataset is not None:
+        input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
+        rep = make_representative_dataset(
+            representative_dataset, steps=representative_steps, input_shape=input_shape
+        )
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    configure_converter(converter, mode, representative_dataset=rep, int8_io=int8_io)
+    try:
+        # Keras 3's SavedModel export prints the endpoint signature on stdout; keep it quiet.
+        with contextlib.redirect_stdout(io.StringIO()):
+            tflite_bytes = converter.convert()
+    except Exception as err:  # The converter raises ConverterError with the MLIR diagnostics.
+        msg = str(err)
+        if "Flex" in msg or "select TensorFlow op" in msg or "SELECT_TF_OPS" in msg:
+            raise FlexOpError(
+                f"Mode {mode.value!r}: the model needs ops outside the TFLite builtin set "
+                f"(select-TF/Flex), which this export refuses:\n{msg}"
+            ) from err
+        raise
+    check_builtin_only(tflite_bytes)
+    return bytes(tflite_bytes)
+
+
+def _read_model(tflite: "bytes | str"):
+    from ai_edge_litert import schema_py_generated as schema
+
+    if isinstance(tflite, (str, os.PathLike)):
+        with open(tflite, "rb") as f:
+            tflite = f.read()
+    buf = bytearray(tflite)
+    if not schema.Model.ModelBufferHasIdentifier(buf, 0):
+        raise ValueError("Not a TFLite flatbuffer (missing the 'TFL3' identifier).")
+    return schema, schema.Model.GetRootAs(buf, 0)
+
+
+def list_ops(tflite: "bytes | str | os.PathLike") -> dict[str, int]:
+    """Counts the operators of a TFLite model by name (builtin name, or the custom code).
+
+    Args:
+        tflite: flatbuffer bytes or a path to a `.tflite` file.
+
+    Returns:
+        `{op_name: count}` over all subgraphs; custom ops appear as `CUSTOM:<code>`.
+    """
+    schema, model = _read_model(tflite)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    code_names = []
+    for j in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(j)
+        # NOTE: the schema keeps a deprecated int8 field for codes < 127; the real code is the max.
+        code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+        if code == schema.BuiltinOperator.CUSTOM:
+            custom = oc.CustomCode()
+            custom = custom.decode() if isinstance(custom, bytes) else str(custom)
+            code_names.append(f"CUSTOM:{custom}")
+        else:
+            code_names.append(names.get(code, f"BUILTIN_{code}"))
+    counts: dict[str, int] = {}
+    for s in range(model.SubgraphsLength()):
+        sub = model.Subgraphs(s)
+        for i in range(sub.OperatorsLength()):
+            name = code_names[sub.Operators(i).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def check_builtin_only(tflite: "bytes | str") -> dict[str, int]:
+    """Raises FlexOpError if the model holds Flex (select-TF) or other custom ops.
+
+    Returns:
+        The op counts from `list_ops`.
+    """
+    counts = list_ops(tflite)
+    custom = sorted(name for name in counts if name.startswith("CUSTOM:"))
+    if custom:
+        flex = [c for c in custom if c.startswith("CUSTOM:Flex")]
+        kind = "select-TF (Flex)" if flex else "custom"
+        raise FlexOpError(
+            f"The TFLite model contains {kind} ops {custom}; expected builtin ops only."
+        )
+    return counts
