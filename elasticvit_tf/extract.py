@@ -1,0 +1,181 @@
+"""Static subnet extraction and BatchNorm recalibration (spec §7, DESIGN §5).
+
+``extract_subnet(net, arch)`` walks the supernet's stages and asks every active dynamic block
+for its static twin (``to_static``): a plain functional ``keras.Model`` with a fixed
+``(r, r, 3)`` input (no resize inside), standard Keras layers plus the two registered custom
+layers of ``layers.static_layers``, weights copied from the supernet slices.
+
+``recalibrate_bn(target, dataset, num_batches)`` re-estimates every BatchNorm in place with the
+cumulative average of batch means and unbiased batch variances (PyTorch ``momentum=None``),
+normalising with batch statistics during the passes, as the official evaluation does.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from elasticvit_tf.arch import ArchConfig
+from elasticvit_tf.layers.resize import resize_images
+
+
+def extract_subnet(net, arch: ArchConfig = None, name: str = None) -> keras.Model:
+    """Builds the standalone static model of ``arch`` (default: slot 0's active arch)."""
+    from elasticvit_tf.supernet import ElasticSupernet
+
+    if not isinstance(net, ElasticSupernet):
+        raise ValueError(f"extract_subnet: expected an ElasticSupernet, got {type(net).__name__}")
+    if arch is None:
+        arch = net.get_arch(0)
+    sp = net.space
+    sp.validate_arch(arch)
+    r = arch.resolution
+    inputs = keras.Input((r, r, 3), name="image")
+    x = net.first_conv.to_static(inputs, arch.stem.width, "first_conv")
+    for j in range(arch.stem.depth):
+        x = net.stem_blocks[j].to_static(
+            x, arch.stem.width, f"stem_block{j}", kernel=arch.stem.kernel
+        )
+    side = None
+    for i, (st, sa, blocks) in enumerate(zip(sp.stages, arch.stages, net.stages)):
+        if st.is_transformer and side is None:
+            side = int(x.shape[1])
+            x = keras.layers.Reshape((side * side, int(x.shape[-1])), name="to_tokens")(x)
+        for j in range(sa.depth):
+            if st.is_transformer:
+                x, side = blocks[j].to_static(
+                    x, side, sa.width, sa.mlp_ratio, sa.v_scale, f"stage{i}_layer{j}"
+                )
+            else:
+                x = blocks[j].to_static(
+                    x, sa.width, f"stage{i}_block{j}", expand=sa.expand_ratio, kernel=sa.kernel
+                )
+    logits = net.head.to_static(x, "head")
+    if name is None:
+        name = "subnet_" + arch.key().replace(".", "_").replace("-", "_")
+    return keras.Model(inputs, logits, name=name)
+
+
+def subnet_structure(net, arch: ArchConfig) -> list:
+    """The ``static_config`` of every active block, in order (for reports / debugging)."""
+    sp = net.space
+    sides = sp.feature_sides(arch.resolution)
+    out = [net.first_conv.static_config(arch.stem.width)]
+    c = arch.stem.width
+    for j in range(arch.stem.depth):
+        out.append(net.stem_blocks[j].static_config(c, c, kernel=arch.stem.kernel))
+    for i, (st, sa, blocks) in enumerate(zip(sp.stages, arch.stages, net.stages)):
+        for j in range(sa.depth):
+            if st.is_transformer:
+                out.append(
+                    blocks[j].static_config(c, sides[i + 1], sa.width, sa.mlp_ratio, sa.v_scale)
+                )
+            else:
+                out.append(blocks[j].static_config(c, sa.width, sa.expand_ratio, sa.kernel))
+            c = sa.width
+    out.append(net.head.static_config(c))
+    return out
+
+
+# ------------------------------------------------------------------------ recalibration
+def _images(batch):
+    if isinstance(batch, dict):
+        for key in ("image", "images", "x", "inputs"):
+            if key in batch:
+                return batch[key]
+        raise ValueError(f"recalibrate_bn: dict batch without an image key: {sorted(batch)}")
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    return batch
+
+
+def _batches(dataset, num_batches):
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches={num_batches!r}; expected a positive int")
+    n = 0
+    for batch in dataset:
+        yield tf.convert_to_tensor(_images(batch), tf.float32)
+        n += 1
+        if n >= num_batches:
+            return
+    if n == 0:
+        raise ValueError("recalibrate_bn: the dataset yielded no batch")
+
+
+def recalibrate_bn(target, dataset, num_batches: int, slot: int = 0) -> None:
+    """Resets and re-estimates every BatchNorm of ``target`` in place (spec §7).
+
+    Args:
+        target: an ``ElasticSupernet`` (its ``slot``'s active arch: only the active slices of
+            the moving statistics change) or an extracted static ``keras.Model``.
+        dataset: iterable of image batches, ``(images, labels)`` tuples or dicts with
+            ``"image"``; images NHWC float32, already normalised (resized in-model for the
+            supernet, resized bicubically to the model input for a static model).
+        num_batches: number of batches to use (fewer if the dataset ends first).
+        slot: supernet slot.
+    """
+    from elasticvit_tf.supernet import ElasticSupernet
+
+    if isinstance(target, ElasticSupernet):
+        _recalibrate_supernet(target, dataset, num_batches, slot)
+    elif isinstance(target, keras.Model):
+        _recalibrate_static(target, dataset, num_batches)
+    else:
+        raise ValueError(
+            f"recalibrate_bn: expected an ElasticSupernet or keras.Model, got "
+            f"{type(target).__name__}"
+        )
+
+
+def _recalibrate_supernet(net, dataset, num_batches, slot):
+    net._check_slot(slot)
+    bns = net.batch_norm_layers()
+    factor = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="bn_calibration_factor")
+    for bn in bns:
+        bn.calibration_factor = factor
+    try:
+
+        @tf.function(jit_compile=False, reduce_retracing=True)
+        def step(x):
+            net(x, training=True, slot=slot)
+
+        for i, x in enumerate(_batches(dataset, num_batches)):
+            factor.assign(1.0 / (i + 1))
+            step(x)
+    finally:
+        for bn in bns:
+            bn.calibration_factor = None
+
+
+def _recalibrate_static(model, dataset, num_batches):
+    bns = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    if not bns:
+        return
+    probe = keras.Model(model.inputs, [bn.input for bn in bns])
+    size = model.inputs[0].shape[1:3]
+
+    @tf.function(jit_compile=False, reduce_retracing=True)
+    def stats(x):
+        if size[0] is not None:
+            x = resize_images(x, size[0], "bicubic")
+        feats = probe(x, training=True)
+        out = []
+        for f in feats:
+            axes = list(range(len(f.shape) - 1))
+            mean, var = tf.nn.moments(f, axes)
+            n = tf.cast(tf.reduce_prod(tf.shape(f)[:-1]), f.dtype)
+            out.append((mean, var * n / tf.maximum(n - 1.0, 1.0)))
+        return out
+
+    saved = [[np.array(v) for v in (bn.moving_mean, bn.moving_variance)] for bn in bns]
+    sums = None
+    n = 0
+    for x in _batches(dataset, num_batches):
+        res = [(m.numpy().astype(np.float64), v.numpy().astype(np.float64)) for m, v in stats(x)]
+        sums = res if sums is None else [(a + m, b + v) for (a, b), (m, v) in zip(sums, res)]
+        n += 1
+    del saved
+    for bn, (m, v) in zip(bns, sums):
+        bn.moving_mean.assign((m / n).astype(np.float32))
+        bn.moving_variance.assign((v / n).astype(np.float32))
