@@ -18,6 +18,8 @@ if ! "$VENV/bin/python" -c "import elasticvit_tf, tensorflow, keras_tuner, ai_ed
   echo "[bootstrap] installing Python packages (pinned in setup.cfg)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e ".[test,torch,qat]"
+  # Its metadata pins absl-py~=1.2, which conflicts with TF 2.21's stack; it runs fine with 2.x.
+  "$VENV/bin/python" -m pip install --quiet --no-deps tensorflow-model-optimization==0.8.1
   touch "$VENV/.elasticvit_installed"
 fi
 
