@@ -1,0 +1,410 @@
+"""Latency lookup table (LUT) builder: measure blocks, fit per-block-type models, write JSON.
+
+For one space, target and quantization mode the builder
+
+1. measures the TFLite latency of a designed sample of the space's blocks
+   (``latency_ops.enumerate_ops``: first conv, stem blocks, MBConvs, transition MBConvs,
+   transformer layers, head), each as its own batch-1 model, round-robin over block types so
+   that every type gets samples when the time budget is short (extremes first, then random);
+2. fits one non-negative linear model per block type on shape features (MACs, activation
+   traffic, params, tokens, attention size, op count), in the spirit of nn-Meter's kernel
+   predictors: a block not measured is predicted from its type's model;
+3. measures a few whole subnets end to end and fits the per-model constant (and, given enough
+   subnets, a scale): ``whole ~= scale * sum(blocks) + constant_ms``;
+4. writes a versioned JSON (format ``elasticvit-latency-lut`` v1) with provenance (target,
+   runtime and version, threads, warm-up and runs, date, host, builder commit) and the space
+   fingerprint; ``search/latency.py`` reads it.
+
+Only ``--target=local`` (LiteRT in this process) is implemented here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from elasticvit_tf.arch import ArchConfig
+from elasticvit_tf.latency_ops import OpKind, OpSignature, decompose, enumerate_ops, op_features
+from elasticvit_tf.space import SearchSpace
+
+LUT_FORMAT = "elasticvit-latency-lut"
+LUT_VERSION = 1
+MODES = ("fp32", "int8")
+_MODE_ALIASES = {"fp32": "fp32", "float32": "fp32", "int8": "int8"}
+
+# Features each block type's regressor uses (a subset of latency_ops.FEATURE_NAMES).
+KIND_FEATURES: dict[OpKind, tuple[str, ...]] = {
+    OpKind.FIRST_CONV: ("macs", "act_elems"),
+    OpKind.STEM_BLOCK: ("macs", "act_elems"),
+    OpKind.MBCONV: ("macs", "act_elems", "params", "ops"),
+    OpKind.TRANSITION: ("macs", "act_elems", "params"),
+    OpKind.TRANSFORMER: ("macs", "act_elems", "attn_elems", "tokens"),
+    OpKind.HEAD: ("macs", "act_elems"),
+}
+
+
+def canonical_mode(mode: str) -> str:
+    """'fp32'/'float32' -> 'fp32', 'int8' -> 'int8'; anything else raises ValueError."""
+    m = _MODE_ALIASES.get(str(mode).strip().lower())
+    if m is None:
+        raise ValueError(f"mode={mode!r}: expected one of {list(MODES)} (or 'float32')")
+    return m
+
+
+# ------------------------------------------------------------------------- convert + time
+def convert_for_latency(model, mode: str, num_calibration: int = 4, seed: int = 0) -> bytes:
+    """Converts a batch-1 Keras model to TFLite (builtin ops only) for timing.
+
+    The model is wrapped in a bare ``tf.Module`` (its variables and one traced signature) and
+    converted with ``from_saved_model``: the same graph as ``from_keras_model`` but without
+    Keras' per-layer SavedModel tracing, ~2x faster to write. ``int8`` is full-integer
+    quantization with float I/O, calibrated on random normal inputs (latency does not depend
+    on the calibration values).
+    """
+    import tensorflow as tf
+
+    mode = canonical_mode(mode)
+    shape = tuple(int(d) for d in model.inputs[0].shape)
+    module = tf.Module()
+    module.variables_ = [getattr(v, "value", v) for v in model.variables]
+    module.serve = tf.function(
+        lambda x: {"y": model(x, training=False)},
+        input_signature=[tf.TensorSpec(shape, tf.float32, name="x")],
+    )
+    with tempfile.TemporaryDirectory() as d:
+        tf.saved_model.save(module, d, signatures=module.serve.get_concrete_function())
+        conv = tf.lite.TFLiteConverter.from_saved_model(d)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if mode == "int8":
+            rng = np.random.default_rng(seed)
+            samples = [
+                rng.standard_normal(shape).astype(np.float32) for _ in range(num_calibration)
+            ]
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = lambda: ([s] for s in samples)
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        with contextlib.redirect_stdout(io.StringIO()):
+            return bytes(conv.convert())
+
+
+def time_tflite(
+    tflite: bytes, num_threads: int = 1, warmup: int = 10, runs: int = 50, min_time_s: float = 0.0
+) -> dict[str, float]:
+    """Times ``invoke`` with LiteRT (XNNPACK default delegate): median, p5, p95, cv, runs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=tflite, num_threads=num_threads)
+    it.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for d in it.get_input_details():
+        it.set_tensor(d["index"], rng.standard_normal(d["shape"]).astype(d["dtype"]))
+    for _ in range(warmup):
+        it.invoke()
+    ts = []
+    start = time.perf_counter()
+    while len(ts) < runs or (time.perf_counter() - start < min_time_s and len(ts) < 20 * runs):
+        t0 = time.perf_counter()
+        it.invoke()
+        ts.append(time.perf_counter() - t0)
+    ms = np.array(ts) * 1e3
+    return {
+        "median_ms": float(np.median(ms)),
+        "p5_ms": float(np.percentile(ms, 5)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "cv": float(np.std(ms) / np.mean(ms)),
+        "runs": len(ms),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureConfig:
+    """How one model is measured (recorded in the LUT provenance)."""
+
+    num_threads: int = 1
+    warmup: int = 10
+    runs: int = 50
+    min_time_s: float = 0.05
+
+
+def measure_op(sig: OpSignature, mode: str, cfg: MeasureConfig) -> float:
+    """Median latency (ms) of one block as a standalone TFLite model."""
+    from elasticvit_tf.export.lut_blocks import build_op_model
+
+    tfl = convert_for_latency(build_op_model(sig), mode)
+    return time_tflite(tfl, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s)["median_ms"]
+
+
+def measure_arch(space: SearchSpace, arch: ArchConfig, mode: str, cfg: MeasureConfig) -> dict:
+    """Whole-subnet latency statistics (see ``time_tflite``)."""
+    from elasticvit_tf.export.lut_blocks import build_arch_model
+
+    tfl = convert_for_latency(build_arch_model(space, arch), mode)
+    return time_tflite(tfl, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s)
+
+
+# -------------------------------------------------------------------------------- design
+def design_order(space: SearchSpace, seed: int = 0) -> list[OpSignature]:
+    """Measurement order: per kind the smallest and largest block (by MACs), then random;
+    kinds interleaved round-robin so a short budget still covers every block type."""
+    rng = np.random.default_rng(seed)
+    per_kind = []
+    for kind, sigs in enumerate_ops(space).items():
+        if not sigs:
+            continue
+        macs = [op_features(s)["macs"] for s in sigs]
+        lo, hi = int(np.argmin(macs)), int(np.argmax(macs))
+        rest = [i for i in rng.permutation(len(sigs)) if i not in (lo, hi)]
+        per_kind.append([sigs[i] for i in [lo, hi] + rest if i != lo or lo != hi])
+    order = []
+    for i in range(max(len(p) for p in per_kind)):
+        order += [p[i] for p in per_kind if i < len(p)]
+    return list(dict.fromkeys(order))
+
+
+def calibration_archs(space: SearchSpace, n: int, seed: int = 0) -> list[ArchConfig]:
+    """Min arch, max arch, then seeded random archs (distinct)."""
+    rng = np.random.default_rng(seed + 10_000)
+    archs = {space.min_arch().key(): space.min_arch(), space.max_arch().key(): space.max_arch()}
+    while len(archs) < n:
+        a = space.sample(rng)
+        archs.setdefault(a.key(), a)
+    return list(archs.values())[:n]
+
+
+# ------------------------------------------------------------------------------- fitting
+def fit_kind_model(kind: OpKind, sigs: Sequence[OpSignature], ms: Sequence[float]) -> dict:
+    """Non-negative least squares on the kind's features, with a free intercept.
+
+    With fewer samples than features + 2 only MACs is used; with one sample the model is
+    proportional to MACs.
+    """
+    from sklearn.linear_model import LinearRegression
+
+    names = list(KIND_FEATURES[kind])
+    if len(sigs) < len(names) + 2:
+        names = ["macs"]
+    x = np.array([[op_features(s)[f] for f in names] for s in sigs], dtype=np.float64)
+    y = np.asarray(ms, dtype=np.float64)
+    if len(sigs) == 1:
+        coef, intercept = [float(y[0] / max(x[0, 0], 1.0))], 0.0
+    else:
+        scale = np.maximum(x.max(axis=0), 1.0)  # NOTE: conditioning only; coef rescaled below
+        reg = LinearRegression(positive=True).fit(x / scale, y)
+        coef, intercept = list(reg.coef_ / scale), float(reg.intercept_)
+    pred = x @ np.array(coef) + intercept
+    return {
+        "features": names,
+        "coef": [float(c) for c in coef],
+        "intercept": float(intercept),
+        "n_samples": len(sigs),
+        "train_mape": float(np.mean(np.abs(pred - y) / y)),
+    }
+
+
+def predict_kind(model: dict, sig: OpSignature) -> float:
+    f = op_features(sig)
+    return float(
+        model["intercept"] + sum(c * f[n] for c, n in zip(model["coef"], model["features"]))
+    )
+
+
+def blocks_sum(
+    space: SearchSpace, arch: ArchConfig, exact: dict[OpSignature, float], models: dict
+) -> float:
+    total = 0.0
+    for sig in decompose(space, arch):
+        total += exact[sig] if sig in exact else predict_kind(models[sig.kind.value], sig)
+    return total
+
+
+def fit_calibration(sums: Sequence[float], wholes: Sequence[float]) -> tuple[float, float]:
+    """(scale, constant_ms): constant = median(whole - sum) below 5 subnets, else a least-
+    squares line, kept only when its scale is within [0.8, 1.25] (a small correction)."""
+    s, w = np.asarray(sums), np.asarray(wholes)
+    if len(s) == 0:
+        return 1.0, 0.0
+    if len(s) >= 5:
+        a, b = np.polyfit(s, w, 1)
+        if 0.8 <= a <= 1.25:
+            return float(a), float(b)
+    return 1.0, float(np.median(w - s))
+
+
+# ---------------------------------------------------------------------------- provenance
+def _git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def provenance(target: str, cfg: MeasureConfig) -> dict[str, Any]:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "target": target,
+        "runtime": "ai-edge-litert",
+        "runtime_version": version,
+        "num_threads": cfg.num_threads,
+        "warmup": cfg.warmup,
+        "runs": cfg.runs,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": f"{platform.node()} ({_cpu_name()}, {os.cpu_count()} cpus)",
+        "builder_commit": _git_commit(),
+    }
+
+
+def lut_file_name(space_name: str, target: str, mode: str, num_threads: int, date: str) -> str:
+    """e.g. ``lut_demo_local_fp32_t1_20261125.json`` (target ``adb:SERIAL`` -> ``adb-SERIAL``)."""
+    t = "".join(c if c.isalnum() or c in "-_" else "-" for c in target)
+    day = date[:10].replace("-", "")
+    return f"lut_{space_name}_{t}_{canonical_mode(mode)}_t{num_threads}_{day}.json"
+
+
+# ---------------------------------------------------------------------------------- build
+def build_mode_lut(
+    space: SearchSpace,
+    mode: str,
+    budget_s: float,
+    target: str = "local",
+    cfg: MeasureConfig = MeasureConfig(),
+    num_calibration: int = 3,
+    calibration_share: float = 0.35,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Builds one mode's LUT dict within ``budget_s`` seconds of measurement (see module doc)."""
+    mode = canonical_mode(mode)
+    if target != "local":
+        raise ValueError(
+            f"target={target!r}: this builder measures with LiteRT in-process; expected 'local'"
+        )
+    t0 = time.monotonic()
+    op_deadline = t0 + budget_s * (1.0 - calibration_share)
+    measured: dict[OpSignature, float] = {}
+    order = design_order(space, seed)
+    kinds_needed = {s.kind for s in order}
+    for sig in order:
+        covered = {s.kind for s in measured} >= kinds_needed
+        if covered and time.monotonic() > op_deadline:
+            break
+        measured[sig] = measure_op(sig, mode, cfg)
+    log(f"[{mode}] measured {len(measured)}/{len(order)} blocks in {time.monotonic() - t0:.1f}s")
+    models = {}
+    for kind in OpKind:
+        sigs = [s for s in measured if s.kind is kind]
+        if sigs:
+            models[kind.value] = fit_kind_model(kind, sigs, [measured[s] for s in sigs])
+    cal_deadline = t0 + budget_s
+    sums, wholes = [], []
+    for arch in calibration_archs(space, num_calibration, seed):
+        if sums and time.monotonic() > cal_deadline:
+            break
+        wholes.append(measure_arch(space, arch, mode, cfg)["median_ms"])
+        sums.append(blocks_sum(space, arch, measured, models))
+    scale, constant = fit_calibration(sums, wholes)
+    log(
+        f"[{mode}] calibrated on {len(sums)} subnets: scale {scale:.3f}, constant "
+        f"{constant:.4f} ms ({time.monotonic() - t0:.1f}s)"
+    )
+    return {
+        "format": LUT_FORMAT,
+        "version": LUT_VERSION,
+        "space": space.name,
+        "space_fingerprint": space.fingerprint(),
+        "mode": mode,
+        "provenance": {**provenance(target, cfg), "build_seconds": time.monotonic() - t0},
+        "constant_ms": constant,
+        "scale": scale,
+        "calibration": {"blocks_sum_ms": sums, "whole_ms": wholes},
+        "entries": [{"op": s.to_dict(), "latency_ms": v} for s, v in measured.items()],
+        "models": models,
+    }
+
+
+def build_lut(
+    space: SearchSpace,
+    modes: Sequence[str] = MODES,
+    target: str = "local",
+    num_threads: int = 1,
+    budget_s: float = 120.0,
+    output_path: Optional[str] = None,
+    warmup: int = 10,
+    runs: int = 50,
+    num_calibration: int = 3,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Builds one LUT per mode, splitting ``budget_s`` evenly between modes.
+
+    Args:
+        space: the search space.
+        modes: quantization modes ("fp32", "int8").
+        target: "local" (LiteRT in this process).
+        num_threads: interpreter threads.
+        budget_s: total measurement time budget in seconds (every block type is measured at
+            least once even past the budget).
+        output_path: a directory; each mode's LUT is written there as ``lut_file_name(...)``.
+        warmup, runs: per-model warm-up and timed invocations.
+        num_calibration: whole subnets measured per mode for the constant.
+        seed: design and calibration seed.
+        log: progress callback.
+
+    Returns:
+        ``{mode: {"lut": lut_dict, "path": written path or None}}``.
+    """
+    if not modes:
+        raise ValueError("modes: expected at least one of ('fp32', 'int8'), got none")
+    modes = [canonical_mode(m) for m in modes]
+    if not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads={num_threads!r}: expected an integer >= 1")
+    if budget_s <= 0:
+        raise ValueError(f"budget_s={budget_s!r}: expected > 0 seconds")
+    cfg = MeasureConfig(num_threads=num_threads, warmup=warmup, runs=runs)
+    out = {}
+    for mode in modes:
+        lut = build_mode_lut(
+            space, mode, budget_s / len(modes), target, cfg, num_calibration, seed=seed, log=log
+        )
+        path = None
+        if output_path is not None:
+            os.makedirs(output_path, exist_ok=True)
+            name = lut_file_name(space.name, target, mode, num_threads, lut["provenance"]["date"])
+            path = os.path.join(output_path, name)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(lut, f, indent=1)
+            os.replace(tmp, path)
+            log(f"[{mode}] wrote {path}")
+        out[mode] = {"lut": lut, "path": path}
+    return out
