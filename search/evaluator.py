@@ -1,0 +1,195 @@
+"""Subnet fitness for the search: set the arch, recalibrate BN, top-1 on the ``search`` split.
+
+``SubnetEvaluator`` follows spec §7 (search variant): the supernet's active arch is set, every
+BatchNorm is recalibrated on ``calibration_batches`` training batches (training augmentation),
+then top-1 is measured on the held-out ``search`` split with BN in inference mode. No
+fine-tuning.
+
+``EvalCache`` stores results per arch key as JSON in the tuner's project directory, so a
+resumed or repeated search never evaluates an arch twice. Every tuner process writes its own
+file (``eval_cache_<tuner_id>.json``, atomically) and reads all of them, so the chief and the
+workers of a distributed search never write the same file.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import tempfile
+from typing import Any, Callable, Iterable, Optional
+
+from elasticvit_tf.arch import ArchConfig
+
+logger = logging.getLogger(__name__)
+
+CACHE_PREFIX = "eval_cache_"
+
+
+class SubnetEvaluator:
+    """Top-1 of subnets of a trained supernet (spec §7, search variant).
+
+    Args:
+        net: an ``ElasticSupernet`` (``set_arch(arch, slot=0)``, ``net(x, training=False)``).
+        calibration_data: ``tf.data.Dataset`` of ``(images, labels)`` training batches with
+            training augmentation (the BN recalibration input); it is iterated afresh for every
+            arch, ``calibration_batches`` batches each time.
+        eval_data: ``tf.data.Dataset`` of ``(images, int labels)`` from the ``search`` split.
+        calibration_batches: number of batches for BN recalibration (spec: 65 in search).
+        eval_batches: number of ``eval_data`` batches to evaluate; None = the whole split.
+        slot: the arch slot of the supernet used for evaluation.
+    """
+
+    def __init__(
+        self,
+        net,
+        calibration_data,
+        eval_data,
+        calibration_batches: int = 65,
+        eval_batches: Optional[int] = None,
+        slot: int = 0,
+    ):
+        if not isinstance(calibration_batches, int) or calibration_batches < 0:
+            raise ValueError(
+                f"calibration_batches={calibration_batches!r}: expected an integer >= 0"
+            )
+        if eval_batches is not None and (not isinstance(eval_batches, int) or eval_batches < 1):
+            raise ValueError(f"eval_batches={eval_batches!r}: expected None or an integer >= 1")
+        self.net = net
+        self.calibration_data = calibration_data
+        self.eval_data = eval_data
+        self.calibration_batches = calibration_batches
+        self.eval_batches = eval_batches
+        self.slot = slot
+        self._forward = None
+
+    def _logits(self, images):
+        import tensorflow as tf
+
+        if self._forward is None:
+            # The arch lives in int32 variables of the supernet: one trace serves every subnet.
+            self._forward = tf.function(lambda x: self.net(x, training=False))
+        return self._forward(images)
+
+    def evaluate(self, arch: ArchConfig) -> float:
+        """Sets ``arch``, recalibrates BN, returns top-1 (a fraction in [0, 1])."""
+        import numpy as np
+
+        from elasticvit_tf.extract import recalibrate_bn
+
+        self.net.set_arch(arch, slot=self.slot)
+        if self.calibration_batches > 0:
+            recalibrate_bn(
+                self.net, self.calibration_data, self.calibration_batches, slot=self.slot
+            )
+        data = self.eval_data
+        if self.eval_batches is not None:
+            data = data.take(self.eval_batches)
+        correct, total = 0, 0
+        for images, labels in data:
+            pred = np.argmax(np.asarray(self._logits(images)), axis=-1)
+            labels = np.asarray(labels).reshape(-1)
+            correct += int(np.sum(pred == labels))
+            total += int(labels.shape[0])
+        if total == 0:
+            raise ValueError("eval_data yielded no examples: expected a non-empty search split")
+        return correct / total
+
+    __call__ = evaluate
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class EvalCache:
+    """Per-arch-key results cache (JSON files in the project directory).
+
+    Args:
+        directory: where the cache files live (the tuner's project directory).
+        writer_id: this process's file suffix (the Keras Tuner tuner id).
+        meta: what the results depend on (space hash, checkpoint, batch counts...); files
+            written under other meta are ignored, so changing the evaluation never reuses
+            stale numbers.
+    """
+
+    def __init__(self, directory: str, writer_id: str = "tuner0", meta: Optional[dict] = None):
+        self.directory = directory
+        self.writer_id = writer_id
+        self.meta = json.loads(json.dumps(meta or {}))  # normalise tuples etc.
+        self.path = os.path.join(directory, f"{CACHE_PREFIX}{writer_id}.json")
+        self._own: dict[str, dict] = {}
+        self._all: dict[str, dict] = {}
+        os.makedirs(directory, exist_ok=True)
+        self.reload()
+
+    def reload(self) -> None:
+        for path in sorted(glob.glob(os.path.join(self.directory, f"{CACHE_PREFIX}*.json"))):
+            try:
+                with open(path) as f:
+                    blob = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                logger.warning("ignoring unreadable eval cache %s: %s", path, e)
+                continue
+            if blob.get("meta") != self.meta:
+                logger.warning("ignoring eval cache %s: written for other settings", path)
+                continue
+            results = blob.get("results", {})
+            self._all.update(results)
+            if path == self.path:
+                self._own.update(results)
+
+    def get(self, key: str) -> Optional[dict]:
+        return self._all.get(key)
+
+    def put(self, key: str, result: dict) -> None:
+        self._own[key] = dict(result)
+        self._all[key] = dict(result)
+        _write_json_atomic(self.path, {"meta": self.meta, "results": self._own})
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._all
+
+
+def as_evaluate_fn(evaluator) -> Callable[[ArchConfig], float]:
+    """An evaluator object (``.evaluate``) or a plain callable ``arch -> top1``."""
+    if hasattr(evaluator, "evaluate"):
+        return evaluator.evaluate
+    if callable(evaluator):
+        return evaluator
+    raise ValueError(
+        f"evaluator: expected an object with evaluate(arch) -> top1 or a callable, got "
+        f"{type(evaluator).__name__}"
+    )
+
+
+def archs_in(obj: Any) -> Iterable[ArchConfig]:
+    """Every arch found in a JSON-like structure (e.g. a sampler state's memory banks).
+
+    Dicts with ``resolution``/``stem``/``stages`` are archs; anything else is walked. Order is
+    preserved; entries that fail to parse are skipped.
+    """
+    if isinstance(obj, dict):
+        if {"resolution", "stem", "stages"} <= set(obj):
+            try:
+                yield ArchConfig.from_dict({k: obj[k] for k in ("resolution", "stem", "stages")})
+            except ValueError:
+                pass
+            return
+        for v in obj.values():
+            yield from archs_in(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from archs_in(v)

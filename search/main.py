@@ -1,0 +1,120 @@
+"""elasticvit-search: latency-constrained subnet search of a trained supernet (Keras Tuner).
+
+Examples:
+  elasticvit-search --model_dir=runs/demo --latency_lut=lut_fp32.json --latency_mode=fp32 \\
+      --latency_budget_ms=2,3,4 --max_trials=300 --population=64 --directory=search_runs
+  elasticvit-search --flagfile=search.flags
+
+Re-running with the same --directory/--project_name resumes the search. Distributed: start
+one process with KERASTUNER_TUNER_ID=chief and the workers with KERASTUNER_TUNER_ID=tuner0,
+tuner1, ..., all with KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT set to the chief's address.
+Bad input (unreadable model_dir, LUT of another space or mode, budget below the smallest
+subnet's latency) prints one error line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from absl import app, flags
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("model_dir", None, "Trained supernet directory (elasticvit-train output).")
+    flags.DEFINE_string("space", None, "Expected space preset (default: the model_dir's).")
+    flags.DEFINE_string("latency_lut", None, "Latency LUT JSON (elasticvit-lut output).")
+    flags.DEFINE_string("latency_mode", None, "Quantization mode the LUT must hold (e.g. fp32).")
+    flags.DEFINE_list(
+        "latency_budget_ms",
+        [],
+        "One budget or a comma list (ms); the constraint is the largest, a best arch is "
+        "reported per budget.",
+    )
+    flags.DEFINE_list("mflops_range", None, "FLOPs window lo,hi in MFLOPs.")
+    flags.DEFINE_integer("max_trials", 256, "Trials in total (a resumed search counts old ones).")
+    flags.DEFINE_integer("population", 64, "Evolution population (spec: 512).")
+    flags.DEFINE_integer("parents", None, "Top-k parents (default population/2; spec: 256).")
+    flags.DEFINE_float("mutation_prob", 0.2, "Per-dimension mutation probability.")
+    flags.DEFINE_float("depth_mutation_prob", 0.4, "Probability of redrawing all stage depths.")
+    flags.DEFINE_integer("seed", 2012, "Oracle seed.")
+    flags.DEFINE_string("directory", "search_runs", "Keras Tuner directory.")
+    flags.DEFINE_string("project_name", "elasticvit_search", "Keras Tuner project name.")
+    flags.DEFINE_string("output_dir", None, "Where reports go (default: the project directory).")
+    flags.DEFINE_integer("calibration_batches", 65, "BN recalibration batches per subnet.")
+    flags.DEFINE_integer("eval_batches", 0, "Search-split batches per subnet (0 = all).")
+    flags.DEFINE_integer("batch_size", 96, "Batch size for calibration and evaluation.")
+    flags.DEFINE_enum("oracle", "evolution", ["evolution", "random"], "Search algorithm.")
+    flags.DEFINE_bool("use_memory_banks", True, "Seed the population from the memory banks.")
+    flags.DEFINE_bool("overwrite", False, "Discard an existing project of the same name.")
+
+
+def config_from_flags(FLAGS):
+    from elasticvit_tf.search.search_lib import SearchConfig
+
+    def floats(name, values):
+        try:
+            return tuple(float(v) for v in values)
+        except ValueError:
+            raise ValueError(f"--{name}={','.join(values)}: expected numbers") from None
+
+    mflops = None
+    if FLAGS.mflops_range:
+        mflops = floats("mflops_range", FLAGS.mflops_range)
+        if len(mflops) != 2:
+            raise ValueError(f"--mflops_range={FLAGS.mflops_range}: expected lo,hi")
+    return SearchConfig(
+        model_dir=FLAGS.model_dir,
+        space=FLAGS.space,
+        latency_lut=FLAGS.latency_lut,
+        latency_mode=FLAGS.latency_mode,
+        latency_budgets_ms=floats("latency_budget_ms", FLAGS.latency_budget_ms),
+        mflops_range=mflops,
+        max_trials=FLAGS.max_trials,
+        population=FLAGS.population,
+        parents=FLAGS.parents,
+        mutation_prob=FLAGS.mutation_prob,
+        depth_mutation_prob=FLAGS.depth_mutation_prob,
+        seed=FLAGS.seed,
+        directory=FLAGS.directory,
+        project_name=FLAGS.project_name,
+        output_dir=FLAGS.output_dir,
+        calibration_batches=FLAGS.calibration_batches,
+        eval_batches=FLAGS.eval_batches or None,
+        batch_size=FLAGS.batch_size,
+        oracle=FLAGS.oracle,
+        use_memory_banks=FLAGS.use_memory_banks,
+        overwrite=FLAGS.overwrite,
+    )
+
+
+def main(argv) -> int:
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from elasticvit_tf.search import search_lib
+
+    try:
+        config = config_from_flags(flags.FLAGS)
+        if config.model_dir is None:
+            raise ValueError("--model_dir is required (the trained supernet to search)")
+        result = search_lib.run_search(config)
+    except ValueError as e:
+        print(f"elasticvit-search: error: {e}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in result.items() if k not in ("best",)}
+    summary["best"] = {
+        str(b): (None if r is None else {k: r[k] for k in ("trial_id", "top1", "latency_ms")})
+        for b, r in result.get("best", {}).items()
+    }
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def run() -> None:
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,209 @@
+"""Search outputs: best arch per budget, ``pareto.json``, ``pareto.png`` and ``report.md``.
+
+Every completed trial enters the Pareto front and the per-budget bests: the oracle's
+constraint is the largest budget, and each smaller budget picks the best trial whose predicted
+latency fits it.
+
+``best_arch_<budget>.json``: ``{"arch": <ArchConfig JSON>, "metrics": {top1, latency_ms,
+mflops}, "budget_ms", "latency_mode", "space", "space_hash", "trial_id"}`` (``elasticvit-info``
+and ``elasticvit-export`` read the ``arch`` entry). Without a latency budget the file is
+``best_arch_all.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional, Sequence
+
+from elasticvit_tf.search import hyperparameters as hp_lib
+from elasticvit_tf.search.pareto import pareto_front
+from elasticvit_tf.space import SearchSpace
+
+
+def trial_records(oracle, space: SearchSpace) -> list[dict[str, Any]]:
+    """One record per completed trial of ``oracle``: arch, metrics, trial id, generation."""
+    from keras_tuner.engine.trial import TrialStatus
+
+    generation = getattr(oracle, "trial_generation", {})
+    out = []
+    for tid in sorted(oracle.trials):
+        trial = oracle.trials[tid]
+        if trial.status != TrialStatus.COMPLETED:
+            continue
+        arch = hp_lib.values_to_arch(space, trial.hyperparameters.values)
+
+        def metric(name):
+            m = trial.metrics
+            return float(m.get_last_value(name)) if m.exists(name) else math.nan
+
+        out.append(
+            {
+                "trial_id": tid,
+                "generation": generation.get(tid),
+                "arch_key": arch.key(),
+                "arch": arch.to_dict(),
+                "top1": metric("top1"),
+                "latency_ms": metric("latency_ms"),
+                "mflops": metric("mflops"),
+            }
+        )
+    return out
+
+
+def best_for_budget(records: Sequence[dict], budget_ms: Optional[float]) -> Optional[dict]:
+    """Highest top-1 record with ``latency_ms <= budget_ms`` (ties: lower latency, trial id)."""
+    fits = [
+        r
+        for r in records
+        if math.isfinite(r["top1"]) and (budget_ms is None or r["latency_ms"] <= budget_ms)
+    ]
+    if not fits:
+        return None
+    return min(fits, key=lambda r: (-r["top1"], r["latency_ms"], r["trial_id"]))
+
+
+def budget_tag(budget_ms: Optional[float]) -> str:
+    return "all" if budget_ms is None else f"{budget_ms:g}"
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def plot_pareto(path: str, records, front_ids, budgets, x_label: str) -> None:
+    """Top-1 vs predicted latency of every trial, the front highlighted (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    xs = [r["latency_ms"] for r in records]
+    ys = [100 * r["top1"] for r in records]
+    ax.scatter(xs, ys, s=12, c="#9aa5b1", label=f"trials ({len(records)})")
+    front = sorted(
+        (r for r in records if r["trial_id"] in front_ids), key=lambda r: r["latency_ms"]
+    )
+    if front:
+        fx = [r["latency_ms"] for r in front]
+        fy = [100 * r["top1"] for r in front]
+        ax.step(fx, fy, where="post", c="#d1495b", lw=1.2)
+        ax.scatter(fx, fy, s=28, c="#d1495b", label=f"Pareto front ({len(front)})", zorder=3)
+    for b in budgets:
+        if b is not None:
+            ax.axvline(b, ls="--", lw=0.8, c="#30638e")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("top-1 on the search split (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_reports(
+    output_dir: str,
+    records: Sequence[dict],
+    space: SearchSpace,
+    budgets: Sequence[Optional[float]] = (),
+    latency_mode: Optional[str] = None,
+    settings: Optional[dict] = None,
+) -> dict[str, str]:
+    """Writes all search outputs into ``output_dir``; returns ``{name: path}``."""
+    os.makedirs(output_dir, exist_ok=True)
+    budgets = sorted(budgets) if budgets else [None]
+    settings = dict(settings or {})
+    paths: dict[str, str] = {}
+
+    front_idx = pareto_front([(r["latency_ms"], r["top1"]) for r in records])
+    front_ids = {records[i]["trial_id"] for i in front_idx}
+    points = [dict(r, on_front=r["trial_id"] in front_ids) for r in records]
+    paths["pareto.json"] = os.path.join(output_dir, "pareto.json")
+    _write_json(
+        paths["pareto.json"],
+        {
+            "space": space.name,
+            "space_hash": space.fingerprint(),
+            "latency_mode": latency_mode,
+            "x": "latency_ms (predicted, minimised)",
+            "y": "top1 (search split, maximised)",
+            "front": [records[i]["trial_id"] for i in front_idx],
+            "points": points,
+        },
+    )
+
+    best = {}
+    for b in budgets:
+        rec = best_for_budget(records, b)
+        best[b] = rec
+        if rec is None:
+            continue
+        name = f"best_arch_{budget_tag(b)}.json"
+        paths[name] = os.path.join(output_dir, name)
+        _write_json(
+            paths[name],
+            {
+                "arch": rec["arch"],
+                "metrics": {k: rec[k] for k in ("top1", "latency_ms", "mflops")},
+                "budget_ms": b,
+                "latency_mode": latency_mode,
+                "space": space.name,
+                "space_hash": space.fingerprint(),
+                "trial_id": rec["trial_id"],
+                "arch_key": rec["arch_key"],
+            },
+        )
+
+    x_label = "predicted latency (ms)" + (f", {latency_mode}" if latency_mode else "")
+    paths["pareto.png"] = os.path.join(output_dir, "pareto.png")
+    plot_pareto(paths["pareto.png"], records, front_ids, budgets, x_label)
+
+    paths["report.md"] = os.path.join(output_dir, "report.md")
+    with open(paths["report.md"], "w") as f:
+        f.write(_markdown(records, front_idx, best, space, latency_mode, settings))
+    return paths
+
+
+def _markdown(records, front_idx, best, space, latency_mode, settings) -> str:
+    lines = [f"# Subnet search report: space `{space.name}` ({space.fingerprint()})", ""]
+    lines += ["## Settings", "", "| setting | value |", "|---|---|"]
+    for k in sorted(settings):
+        lines.append(f"| {k} | `{settings[k]}` |")
+    lines += ["", f"Completed trials: **{len(records)}**; latency mode: `{latency_mode}`.", ""]
+    lines += [
+        "## Best subnet per latency budget",
+        "",
+        "| budget (ms) | top-1 (%) | latency (ms) | MFLOPs | trial | arch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b, r in best.items():
+        if r is None:
+            lines.append(f"| {budget_tag(b)} | no trial fits | | | | |")
+        else:
+            lines.append(
+                f"| {budget_tag(b)} | {100 * r['top1']:.2f} | {r['latency_ms']:.4g} | "
+                f"{r['mflops']:.4g} | {r['trial_id']} | `{r['arch_key']}` |"
+            )
+    lines += [
+        "",
+        f"## Pareto front ({len(front_idx)} of {len(records)} trials)",
+        "",
+        "![pareto](pareto.png)",
+        "",
+        "| latency (ms) | top-1 (%) | MFLOPs | trial | arch |",
+        "|---|---|---|---|---|",
+    ]
+    for i in front_idx:
+        r = records[i]
+        lines.append(
+            f"| {r['latency_ms']:.4g} | {100 * r['top1']:.2f} | {r['mflops']:.4g} | "
+            f"{r['trial_id']} | `{r['arch_key']}` |"
+        )
+    lines.append("")
+    return "\n".join(lines)
