@@ -358,6 +358,7 @@ class FlopsTable:
     draws: int  # proposals drawn to build it
     build_seconds: float
     complete: bool  # False when fewer than `size` distinct archs were found
+    accepted: int = 0  # in-bin proposals, duplicates included
 
     def __len__(self) -> int:
         return int(self.archs.shape[0])
@@ -371,7 +372,8 @@ class FlopsTable:
 
     @property
     def acceptance(self) -> float:
-        return len(self) / self.draws if self.draws else 0.0
+        """Fraction of proposals that fell in the bin."""
+        return self.accepted / self.draws if self.draws else 0.0
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -386,6 +388,7 @@ class FlopsTable:
             "draws": self.draws,
             "build_seconds": self.build_seconds,
             "complete": self.complete,
+            "accepted": self.accepted,
         }
 
 
@@ -465,6 +468,7 @@ def build_table(
         draws=drawn,
         build_seconds=time.perf_counter() - t0,
         complete=len(rows) >= size,
+        accepted=accepted,
     )
 
 
@@ -550,6 +554,7 @@ def load_table(path: Union[str, os.PathLike], space: SearchSpace) -> FlopsTable:
         draws=meta["draws"],
         build_seconds=meta["build_seconds"],
         complete=meta["complete"],
+        accepted=meta.get("accepted", 0),
     )
 
 
