@@ -28,19 +28,38 @@ import os
 from typing import Any, Optional, Union
 
 import numpy as np
+import tensorflow as tf
 
 from elasticvit_tf import data_sources as sources
+from elasticvit_tf.data_augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    normalize_images,
+    preprocess_batch,
+    preprocess_example,
+)
 from elasticvit_tf.data_sources import FASHION_MNIST_DEFAULT_DIR
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = [
+    "AUGMENT_MODES",
+    "DATASET_FORMS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SPLITS",
+    "DataConfig",
+    "DatasetInfo",
+    "clear_cache",
+    "dataset_from_flag",
+    "distribute_dataset",
+    "get_info",
+    "make_dataset",
+    "normalize_images",
+    "resolve_data_config",
+]
+
 SPLITS = ("train", "val", "test", "search")
 AUGMENT_MODES = ("auto", "none", "light", "imagenet")
 DATASET_FORMS = ("fashion_mnist", "digits", "tfds:NAME", "folder:PATH")
-EVAL_CROP_FRACTION = 0.875  # spec §6.3: resize shorter side to S / 0.875, centre crop S
-# RandomResizedCrop ranges (spec §6.3, timm defaults).
-RRC_SCALE = (0.08, 1.0)
-RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 # Sources with no test split hold out this much of train with a fixed seed.
 HELD_OUT_TEST_FRACTION = 0.2
 HELD_OUT_TEST_SEED = 20230
@@ -321,123 +340,6 @@ def _light_pad(native_side: int) -> int:
     return max(1, int(round(native_side / 8)))
 
 
-def normalize_images(images):
-    """uint8-range images [..., C] -> float32 normalised with ImageNet mean/std, 3 channels."""
-    import tensorflow as tf
-
-    x = tf.cast(images, tf.float32) / 255.0
-    if x.shape[-1] == 1:
-        x = tf.tile(x, [1] * (len(x.shape) - 1) + [3])
-    mean = tf.constant(IMAGENET_MEAN, tf.float32)
-    std = tf.constant(IMAGENET_STD, tf.float32)
-    return (x - mean) / std
-
-
-def _imagenet_boxes(training, seed, n, h, w):
-    """Crop boxes (``tf.image.crop_and_resize`` convention) for a batch of same-size images:
-    RandomResizedCrop when training, else the centre crop of 0.875 of the shorter side."""
-    import tensorflow as tf
-
-    hf, wf = float(h - 1), float(w - 1)
-    if training:
-        u = tf.random.stateless_uniform([n, 4], seed)
-        area = (RRC_SCALE[0] + u[:, 0] * (RRC_SCALE[1] - RRC_SCALE[0])) * h * w
-        log_r = np.log(RRC_RATIO[0]) + u[:, 1] * (np.log(RRC_RATIO[1]) - np.log(RRC_RATIO[0]))
-        ratio = tf.exp(log_r)
-        cw = tf.minimum(tf.sqrt(area * ratio), float(w))
-        ch = tf.minimum(tf.sqrt(area / ratio), float(h))
-        oy, ox = u[:, 2] * (h - ch), u[:, 3] * (w - cw)
-    else:
-        side = EVAL_CROP_FRACTION * min(h, w)
-        zeros = tf.zeros([n], tf.float32)
-        oy, ox = zeros + (h - side) / 2.0, zeros + (w - side) / 2.0
-        ch = cw = zeros + side
-    return tf.stack([oy / hf, ox / wf, (oy + ch - 1.0) / hf, (ox + cw - 1.0) / wf], axis=-1)
-
-
-def _random_flip_batch(x, seed):
-    import tensorflow as tf
-
-    do_flip = tf.random.stateless_uniform([tf.shape(x)[0]], seed) < 0.5
-    return tf.where(do_flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
-
-
-def _shift_batch(x, seed, pad):
-    """Zero-pads by ``pad`` and takes a random same-size crop per image (integer shifts)."""
-    import tensorflow as tf
-
-    n, h, w = tf.shape(x)[0], int(x.shape[1]), int(x.shape[2])
-    offsets = tf.random.stateless_uniform([n, 2], seed, 0, 2 * pad + 1, dtype=tf.int32)
-    x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    rows = offsets[:, :1] + tf.range(h)[None, :]
-    cols = offsets[:, 1:] + tf.range(w)[None, :]
-    x = tf.gather(x, rows, axis=1, batch_dims=1)
-    return tf.gather(x, cols, axis=2, batch_dims=1)
-
-
-def _preprocess_batch(images, mode, training, seed, size, pad, flip):
-    """uint8 [B, H, W, C] of one fixed size -> float32 [B, S, S, 3] normalised."""
-    import tensorflow as tf
-
-    x = tf.cast(images, tf.float32)
-    h, w = int(images.shape[1]), int(images.shape[2])
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    if mode == "imagenet":
-        n = tf.shape(x)[0]
-        boxes = _imagenet_boxes(training, seeds[0], n, h, w)
-        # NOTE: sample positions on the last row/column can land a few ulp outside the image,
-        # where crop_and_resize extrapolates; a 1-pixel edge copy makes those samples exact.
-        scale = tf.constant([h - 1, w - 1, h - 1, w - 1], tf.float32)
-        boxes = (boxes * scale + 1.0) / tf.constant([h + 1, w + 1, h + 1, w + 1], tf.float32)
-        x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
-        x = tf.image.crop_and_resize(x, boxes, tf.range(n), (size, size), method="bilinear")
-    else:
-        if training and mode == "light":
-            x = _shift_batch(x, seeds[0], pad)
-        if (h, w) != (size, size):
-            x = tf.image.resize(x, (size, size), method="bilinear")
-    if training and flip and mode in ("light", "imagenet"):
-        x = _random_flip_batch(x, seeds[1])
-    return normalize_images(x)
-
-
-def _preprocess_example(image, mode, training, seed, size, pad, flip):
-    """One uint8 [H, W, C] image of any size -> float32 [S, S, C] in the 0..255 range."""
-    import tensorflow as tf
-
-    shape = tf.shape(image)
-    h, w = shape[0], shape[1]
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    if training and mode == "imagenet":
-        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            shape,
-            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-            seed=seeds[0],
-            min_object_covered=0.0,
-            aspect_ratio_range=RRC_RATIO,
-            area_range=RRC_SCALE,
-            max_attempts=10,
-            use_image_if_no_bounding_boxes=True,
-        )
-        image = tf.slice(image, begin, crop_size)
-    elif mode == "imagenet":
-        side = tf.cast(
-            tf.round(EVAL_CROP_FRACTION * tf.cast(tf.minimum(h, w), tf.float32)), tf.int32
-        )
-        side = tf.maximum(side, 1)
-        image = tf.image.crop_to_bounding_box(image, (h - side) // 2, (w - side) // 2, side, side)
-    x = tf.image.resize(image, (size, size), method="bicubic", antialias=True)
-    x = tf.clip_by_value(x, 0.0, 255.0)
-    if training and mode == "light":
-        x = tf.image.pad_to_bounding_box(x, pad, pad, size + 2 * pad, size + 2 * pad)
-        x = tf.image.stateless_random_crop(x, [size, size, tf.shape(x)[-1]], seed=seeds[1])
-    if training and flip and mode in ("light", "imagenet"):
-        x = tf.image.stateless_random_flip_left_right(x, seed=seeds[2])
-    return x
-
-
-# ---------------------------------------------------------------------------------------------
-# Datasets
 # ---------------------------------------------------------------------------------------------
 
 
@@ -479,8 +381,6 @@ def make_dataset(
     Returns:
         A ``tf.data.Dataset``.
     """
-    import tensorflow as tf
-
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; received {split!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
@@ -544,7 +444,7 @@ def make_dataset(
 
         def batch_fn(step, i):
             s = tf.stack([tf.constant(aug_seed, tf.int64), step])
-            x = _preprocess_batch(tf.gather(images, i), mode, training, s, size, pad, flip)
+            x = preprocess_batch(tf.gather(images, i), mode, training, s, size, pad, flip)
             return x, tf.gather(labels, i)
 
         ds = ds.map(batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
@@ -575,7 +475,7 @@ def make_dataset(
     def example_fn(step, example):
         image, label = example
         s = tf.stack([tf.constant(aug_seed, tf.int64), step])
-        return _preprocess_example(image, mode, training, s, size, pad, flip), label
+        return preprocess_example(image, mode, training, s, size, pad, flip), label
 
     ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

@@ -398,3 +398,36 @@ def test_real_fashion_mnist_smoke():
     _, yt = _collect(data.make_dataset(config, "test", 1000))
     np.testing.assert_array_equal(np.bincount(yt), np.full(10, 1000))
     assert dataclasses.asdict(config)["data_dir"] == "/usr/share/datasets/fashion-mnist"
+
+
+_MIRRORED_SCRIPT = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from elasticvit_tf import data
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+config = data.DataConfig(dataset="digits", search_size=50)
+dist = data.distribute_dataset(strategy, config, "train", 16, training=True, seed=0)
+x, y = next(iter(dist))
+xs = strategy.experimental_local_results(x)
+ys = strategy.experimental_local_results(y)
+print("SHAPES", [tuple(t.shape) for t in xs], [tuple(t.shape) for t in ys])
+"""
+
+
+@pytest.mark.slow
+def test_distribute_dataset_mirrored_two_cpus():
+    """Two logical CPU replicas each get a per-replica batch of global / 2 (in a subprocess:
+    logical devices must be configured before TensorFlow initialises)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SHAPES [(8, 32, 32, 3), (8, 32, 32, 3)] [(8,), (8,)]" in out.stdout
