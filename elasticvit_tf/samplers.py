@@ -251,9 +251,12 @@ class ComplexityAwareSampler(Sampler):
         num_subnets: subnets per step (default 4 = 3 in the bin + the min subnet).
         levels: FLOPs levels F in MFLOPs (default ``space.flops_levels``).
         bound: half-width b of the bins [F, F + 2b] (default ``space.level_bound``).
-        tables: ``"auto"`` (use cached FLOPs tables when present, else rejection sampling),
-            ``"build"`` (build and cache missing tables at construction), ``"none"`` (always
-            rejection sampling) or a mapping level -> ``flops_tables.FlopsTable``.
+        tables: ``"build"`` (default: load the cached FLOPs table of every level, building
+            and caching missing ones; tables are deterministic in (space, level, size, seed),
+            so the sampled sequence does not depend on the cache), ``"none"`` (always
+            rejection sampling in the bin), ``"auto"`` (tables only where already cached;
+            the sequence then depends on the cache: avoid with several workers) or a
+            mapping level -> ``flops_tables.FlopsTable``.
         table_size: archs per table (``flops_tables.DEFAULT_TABLE_SIZE``).
         table_seed: seed of the table builder (2023 as the official tables).
         cache_dir: table cache folder (default ``flops_tables.default_cache_dir()``).
@@ -271,7 +274,7 @@ class ComplexityAwareSampler(Sampler):
         num_subnets: int = 4,
         levels: Optional[Sequence[float]] = None,
         bound: Optional[float] = None,
-        tables: Union[str, Mapping[float, ft.FlopsTable]] = "auto",
+        tables: Union[str, Mapping[float, ft.FlopsTable]] = "build",
         table_size: int = ft.DEFAULT_TABLE_SIZE,
         table_seed: int = ft.DEFAULT_TABLE_SEED,
         cache_dir: Optional[str] = None,

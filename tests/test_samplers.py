@@ -398,11 +398,23 @@ def test_sampler_uses_tables_and_resumes_with_them(tmp_path):
     )
     resumed.set_state(state)
     assert _drive(resumed, 30) == expected
-    # "auto" picks up the cached tables
+    # "auto" picks up the cached tables only
     auto = samplers_lib.make_sampler(
-        "complexity_aware", space, seed=0, table_size=50, cache_dir=str(tmp_path)
+        "complexity_aware", space, seed=0, tables="auto", table_size=50, cache_dir=str(tmp_path)
     )
     assert sorted(auto._tables) == list(range(len(s.levels)))
+    auto_cold = samplers_lib.make_sampler(
+        "complexity_aware", space, 0, tables="auto", cache_dir=str(tmp_path / "cold")
+    )
+    assert auto_cold._tables == {}
+
+
+def test_default_tables_make_sequence_independent_of_cache(tmp_path):
+    space = get_space("demo")
+    cold = samplers_lib.make_sampler("elasticvit", space, 4, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("*.npz"))) == len(cold.levels)  # built and cached
+    warm = samplers_lib.make_sampler("elasticvit", space, 4, cache_dir=str(tmp_path))
+    assert _drive(cold, 40) == _drive(warm, 40)
 
 
 def test_bad_level_config():
