@@ -23,6 +23,7 @@ State (RNG, level, banks, schedule, counters) round-trips through JSON with
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -420,7 +421,10 @@ class ComplexityAwareSampler(Sampler):
             "level_index": self.level_index,
             "last_level_index": self._last_level_index,
             "last_min_key": self._last_min_key,
-            "tables": {str(i): [t.size, t.seed, len(t)] for i, t in sorted(self._tables.items())},
+            "tables": {
+                str(i): [t.size, t.seed, len(t), _checksum(t)]
+                for i, t in sorted(self._tables.items())
+            },
         }
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
@@ -439,9 +443,9 @@ class ComplexityAwareSampler(Sampler):
         # (space, level, size, seed), so missing ones are rebuilt and extra ones dropped.
         want = {int(i): v for i, v in state.get("tables", {}).items()}
         tables = {}
-        for i, (size, seed, length) in want.items():
+        for i, (size, seed, length, crc) in want.items():
             t = self._tables.get(i)
-            if t is None or (t.size, t.seed, len(t)) != (size, seed, length):
+            if t is None or (t.size, t.seed, len(t), _checksum(t)) != (size, seed, length, crc):
                 t = ft.get_table(
                     self.space,
                     self.levels[i],
@@ -451,13 +455,22 @@ class ComplexityAwareSampler(Sampler):
                     self.min_archs[i],
                     self.cache_dir,
                 )
-            if len(t) != length:
+            if _checksum(t) != crc:  # e.g. a stale cache file: rebuild from scratch
+                t = ft.build_table(
+                    self.space, self.levels[i], size, seed, self.bound, self.min_archs[i]
+                )
+            if _checksum(t) != crc:
                 raise ValueError(
                     f"sampler state used a FLOPs table of {length} archs for level "
-                    f"{self.levels[i]:g}; rebuilding it gave {len(t)}"
+                    f"{self.levels[i]:g} (checksum {crc}) that cannot be rebuilt here (got "
+                    f"{len(t)} archs, checksum {_checksum(t)}); exact resume is impossible"
                 )
             tables[i] = t
         self._tables = tables
+
+
+def _checksum(table: ft.FlopsTable) -> int:
+    return zlib.crc32(np.ascontiguousarray(table.archs, dtype=np.int32).tobytes())
 
 
 # ------------------------------------------------------------------- performance-aware
@@ -541,6 +554,7 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
                 "'quarters' or 'none'"
             )
         self.banks: list[list[list]] = [[] for _ in self.levels]  # entries [arch, score]
+        self._by_key: dict[str, list] = {}  # arch key -> its bank entry (the same list)
         self.p_bank = self._p_bank_at(0)
 
     # ------------------------------------------------------------------------------ banks
@@ -559,12 +573,8 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         """A copy of a level's bank as (arch, score) pairs."""
         return [(a, s) for a, s in self.banks[self._level_index(level)]]
 
-    def _find(self, key: str) -> Optional[list]:
-        for bank in self.banks:
-            for entry in bank:
-                if entry[0].key() == key:
-                    return entry
-        return None
+    def _reindex(self) -> None:
+        self._by_key = {e[0].key(): e for bank in self.banks for e in bank}
 
     def update_scores(self, archs_with_scores: Sequence[tuple[ArchConfig, float]]) -> None:
         """Bank update (spec §5) with score = -CE of the subnet on the batch.
@@ -579,7 +589,7 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
             if not np.isfinite(score):
                 continue
             key = arch.key()
-            entry = self._find(key)
+            entry = self._by_key.get(key)
             if entry is not None:
                 entry[1] = score
                 continue
@@ -587,12 +597,16 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
             if i is None or key == self._last_min_key or not self.in_bin(arch, i):
                 continue
             bank = self.banks[i]
+            entry = [arch, score]
             if len(bank) < self.capacity(i):
-                bank.append([arch, score])
+                bank.append(entry)
             else:
                 worst = int(np.argmin([s for _, s in bank]))
-                if score > bank[worst][1]:
-                    bank[worst] = [arch, score]
+                if score <= bank[worst][1]:
+                    continue
+                self._by_key.pop(bank[worst][0].key(), None)
+                bank[worst] = entry
+            self._by_key[key] = entry
 
     def archs_to_rescore(
         self, batch_index: int, steps_per_epoch: Optional[int] = None
@@ -666,6 +680,7 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         # The official loop drops, at batch 0 of every epoch, entries whose FLOPs left the bin.
         for i, bank in enumerate(self.banks):
             bank[:] = [e for e in bank if self.in_bin(e[0], i)]
+        self._reindex()
 
     def _extra_state(self) -> dict[str, Any]:
         state = super()._extra_state()
@@ -682,6 +697,7 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
                 f"({len(self.levels)}), got {type(banks).__name__}"
             )
         self.banks = [[[ArchConfig.from_dict(a), float(s)] for a, s in bank] for bank in banks]
+        self._reindex()
         self.p_bank = float(state["p_bank"])
 
 

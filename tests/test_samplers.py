@@ -429,3 +429,19 @@ def test_bad_level_config():
         samplers_lib.make_sampler("elasticvit", space, 0, rescore="always", tables="none")
     with pytest.raises(ValueError, match="bad configuration"):
         samplers_lib.make_sampler("complexity_aware", space, 0, bank_size=3)
+
+
+def test_resume_rebuilds_a_stale_cached_table(tmp_path):
+    space = get_space("tiny")
+    s = samplers_lib.make_sampler("complexity_aware", space, 2, table_size=40, cache_dir=tmp_path)
+    state = json.loads(json.dumps(s.get_state()))
+    expected = _drive(s, 20)
+    # overwrite every cached table with different archs (as a stale cache would hold)
+    for i, level in enumerate(s.levels):
+        path = flops_tables.table_path(space, level, 40, cache_dir=tmp_path)
+        flops_tables.save_table(flops_tables.build_table(space, level, 40, seed=99), path)
+    resumed = samplers_lib.make_sampler(
+        "complexity_aware", space, 0, tables="none", table_size=40, cache_dir=tmp_path
+    )
+    resumed.set_state(state)
+    assert _drive(resumed, 20) == expected
