@@ -679,7 +679,12 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         self.p_bank = self._p_bank_at(self.epoch)
         # The official loop drops, at batch 0 of every epoch, entries whose FLOPs left the bin.
         for i, bank in enumerate(self.banks):
-            bank[:] = [e for e in bank if self.in_bin(e[0], i)]
+            if bank:
+                macs = ft.flops_macs_encoded(
+                    self.space, ft.encode(self.space, [a for a, _ in bank])
+                )
+                lo, hi = ft.bin_macs(*self.bins[i])
+                bank[:] = [e for e, m in zip(bank, macs) if lo <= m <= hi]
         self._reindex()
 
     def _extra_state(self) -> dict[str, Any]:

@@ -445,3 +445,12 @@ def test_resume_rebuilds_a_stale_cached_table(tmp_path):
     )
     resumed.set_state(state)
     assert _drive(resumed, 20) == expected
+
+
+def test_end_epoch_drops_out_of_bin_bank_entries():
+    s = _make("elasticvit", "demo", seed=0)
+    inside = _in_bin_archs(s, 1, 2)
+    outside = _in_bin_archs(s, 3, 1)[0]
+    s.banks[1] = [[inside[0], -1.0], [outside, -0.5], [inside[1], -2.0]]
+    s.end_epoch()
+    assert [a for a, _ in s.banks[1]] == inside
