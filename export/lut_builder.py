@@ -123,6 +123,8 @@ def time_tflite(
         "p5_ms": float(np.percentile(ms, 5)),
         "p95_ms": float(np.percentile(ms, 95)),
         "cv": float(np.std(ms) / np.mean(ms)),
+        # NOTE: robust spread (1.4826 * MAD / median): preemption outliers dominate plain CV
+        "robust_cv": float(1.4826 * np.median(np.abs(ms - np.median(ms))) / np.median(ms)),
         "runs": len(ms),
     }
 
@@ -189,24 +191,67 @@ def fit_kind_model(kind: OpKind, sigs: Sequence[OpSignature], ms: Sequence[float
     With fewer samples than features + 2 only MACs is used; with one sample the model is
     proportional to MACs.
     """
-    from sklearn.linear_model import LinearRegression
-
     names = list(KIND_FEATURES[kind])
     if len(sigs) < len(names) + 2:
         names = ["macs"]
+    if len(sigs) == 1:
+        macs = max(op_features(sigs[0])["macs"], 1.0)
+        return {
+            "features": names,
+            "coef": [float(ms[0]) / macs],
+            "intercept": 0.0,
+            "n_samples": 1,
+            "train_mape": 0.0,
+        }
+    return _fit_linear(names, sigs, ms)
+
+
+GLOBAL_FEATURES = ("macs", "act_elems", "attn_elems", "ops")
+
+
+def fit_models(measured: dict[OpSignature, float]) -> dict[str, dict]:
+    """Per-kind models; a kind with too few samples for its own features gets the model fitted
+    on all measured blocks (shared features incl. the op count), so short budgets still
+    transfer what was measured instead of falling back to a MACs-only line."""
+    sigs = list(measured)
+    models = {}
+    glob = None
+    if len(sigs) >= len(GLOBAL_FEATURES) + 2:
+        glob = _fit_linear(GLOBAL_FEATURES, sigs, [measured[s] for s in sigs])
+        glob["source"] = "all_kinds"
+    for kind in OpKind:
+        ks = [s for s in sigs if s.kind is kind]
+        if not ks:
+            if glob is not None:
+                models[kind.value] = dict(glob, n_samples=0)
+            continue
+        if len(ks) < len(KIND_FEATURES[kind]) + 2 and glob is not None:
+            y = [measured[s] for s in ks]
+            pred = [predict_kind(glob, s) for s in ks]
+            models[kind.value] = dict(
+                glob,
+                n_samples=len(ks),
+                train_mape=float(np.mean(np.abs(np.subtract(pred, y)) / y)),
+            )
+        else:
+            models[kind.value] = fit_kind_model(kind, ks, [measured[s] for s in ks])
+            models[kind.value]["source"] = "kind"
+    return models
+
+
+def _fit_linear(names, sigs, ms) -> dict:
+    from sklearn.linear_model import LinearRegression
+
     x = np.array([[op_features(s)[f] for f in names] for s in sigs], dtype=np.float64)
     y = np.asarray(ms, dtype=np.float64)
-    if len(sigs) == 1:
-        coef, intercept = [float(y[0] / max(x[0, 0], 1.0))], 0.0
-    else:
-        scale = np.maximum(x.max(axis=0), 1.0)  # NOTE: conditioning only; coef rescaled below
-        reg = LinearRegression(positive=True).fit(x / scale, y)
-        coef, intercept = list(reg.coef_ / scale), float(reg.intercept_)
-    pred = x @ np.array(coef) + intercept
+    scale = np.maximum(x.max(axis=0), 1.0)  # NOTE: conditioning only; coef rescaled below
+    reg = LinearRegression(positive=True).fit(x / scale, y)
+    coef = reg.coef_ / scale
+    pred = x @ coef + reg.intercept_
     return {
-        "features": names,
+        "features": list(names),
         "coef": [float(c) for c in coef],
-        "intercept": float(intercept),
+        "intercept": float(reg.intercept_),
         "n_samples": len(sigs),
         "train_mape": float(np.mean(np.abs(pred - y) / y)),
     }
@@ -320,15 +365,11 @@ def build_mode_lut(
             break
         measured[sig] = measure_op(sig, mode, cfg)
     log(f"[{mode}] measured {len(measured)}/{len(order)} blocks in {time.monotonic() - t0:.1f}s")
-    models = {}
-    for kind in OpKind:
-        sigs = [s for s in measured if s.kind is kind]
-        if sigs:
-            models[kind.value] = fit_kind_model(kind, sigs, [measured[s] for s in sigs])
+    models = fit_models(measured)
     cal_deadline = t0 + budget_s
     sums, wholes = [], []
     for arch in calibration_archs(space, num_calibration, seed):
-        if sums and time.monotonic() > cal_deadline:
+        if len(sums) >= min(2, num_calibration) and time.monotonic() > cal_deadline:
             break
         wholes.append(measure_arch(space, arch, mode, cfg)["median_ms"])
         sums.append(blocks_sum(space, arch, measured, models))

@@ -1,0 +1,270 @@
+"""Latency predictor accuracy on held-out random subnets (issue 6 item 2).
+
+For each space and mode: build a LUT on this machine (``export.lut_builder.build_lut``, or
+reuse one with ``--lut_dir``), then measure held-out random subnets end to end as whole TFLite
+models (LiteRT, ``--num_threads``), ``--repeats`` timing sessions each (the first right after
+conversion, the others in later passes over all subnets, so slow drift of the machine's load
+shows up in the ground truth's own coefficient of variation). Reports the share of subnets
+predicted within +-10% and +-5%, RMSE, MAPE and Spearman rank correlation, for the LUT
+predictor and for a FLOPs proxy fitted on the LUT's calibration subnets (baseline).
+
+Prints a table and writes JSON (updated after every subnet, so an interrupted run keeps its
+data) under ``benchmarks/results/``.
+
+  python benchmarks/latency_predictor.py --spaces=demo --num_subnets=100
+  python benchmarks/latency_predictor.py --spaces=elasticvit --num_subnets=20 --lut_budget_s=600
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from elasticvit_tf import get_space  # noqa: E402
+from elasticvit_tf.export import lut_builder  # noqa: E402
+from elasticvit_tf.export.lut_blocks import build_arch_model  # noqa: E402
+from elasticvit_tf.flops import count_flops  # noqa: E402
+from elasticvit_tf.search.latency import FlopsProxyPredictor, load_predictor  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_list("spaces", ["demo"], "Space presets to evaluate.")
+    flags.DEFINE_list("modes", ["fp32"], "Quantization modes (fp32, int8).")
+    flags.DEFINE_integer("num_subnets", 100, "Held-out random subnets per space and mode.")
+    flags.DEFINE_integer("repeats", 3, "Timing sessions per subnet (ground-truth spread).")
+    flags.DEFINE_integer("num_threads", 1, "LiteRT threads.")
+    flags.DEFINE_integer("warmup", 5, "Warm-up invocations per timing session.")
+    flags.DEFINE_integer("runs", 30, "Timed invocations per timing session (median taken).")
+    flags.DEFINE_float("lut_budget_s", 240.0, "LUT build budget per space (all modes).")
+    flags.DEFINE_integer("num_calibration", 5, "Whole subnets per mode for the LUT constant.")
+    flags.DEFINE_string("lut_dir", None, "Reuse LUTs from here when present (else build).")
+    flags.DEFINE_integer("seed", 2026, "Held-out sampling seed (LUT calibration uses 0).")
+    flags.DEFINE_string("output_dir", "benchmarks/results", "Where the JSON goes.")
+
+
+def metrics(pred, true) -> dict:
+    from scipy.stats import spearmanr
+
+    p, t = np.asarray(pred, float), np.asarray(true, float)
+    if len(t) == 0:
+        return {}
+    rel = (p - t) / t
+    return {
+        "n": int(len(t)),
+        "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+        "within_5pct": float(np.mean(np.abs(rel) <= 0.05)),
+        "rmse_ms": float(np.sqrt(np.mean((p - t) ** 2))),
+        "mape": float(np.mean(np.abs(rel))),
+        "bias": float(np.median(rel)),
+        "spearman": float(spearmanr(p, t).statistic) if len(t) > 2 else float("nan"),
+    }
+
+
+def held_out_archs(space, n, seed, exclude):
+    rng = np.random.default_rng(seed)
+    archs, keys = [], set(exclude)
+    for _ in range(100 * n):
+        a = space.sample(rng)
+        if a.key() not in keys:
+            keys.add(a.key())
+            archs.append(a)
+        if len(archs) == n:
+            break
+    return archs
+
+
+def get_lut(space, mode, budget_s, log):
+    if FLAGS.lut_dir:
+        for name in sorted(os.listdir(FLAGS.lut_dir)) if os.path.isdir(FLAGS.lut_dir) else []:
+            if name.startswith(f"lut_{space.name}_local_{mode}_t{FLAGS.num_threads}_"):
+                path = os.path.join(FLAGS.lut_dir, name)
+                log(f"reusing {path}")
+                with open(path) as f:
+                    return json.load(f), path
+    out = lut_builder.build_lut(
+        space,
+        modes=(mode,),
+        num_threads=FLAGS.num_threads,
+        budget_s=budget_s,
+        output_path=FLAGS.lut_dir or os.path.join(FLAGS.output_dir, "luts"),
+        num_calibration=FLAGS.num_calibration,
+        log=log,
+    )[mode]
+    return out["lut"], out["path"]
+
+
+def run_one(space, mode, result, save):
+    def log(s):
+        print(s, flush=True)
+
+    budget = FLAGS.lut_budget_s / len(FLAGS.modes)
+    lut, lut_path = get_lut(space, mode, budget, log)
+    pred = load_predictor(lut, space, mode)
+    cal_archs = lut_builder.calibration_archs(space, len(lut["calibration"]["whole_ms"]), 0)
+    proxy = FlopsProxyPredictor.fit(space, cal_archs, lut["calibration"]["whole_ms"])
+    archs = held_out_archs(space, FLAGS.num_subnets, FLAGS.seed, [a.key() for a in cal_archs])
+    rec = {
+        "space": space.name,
+        "mode": mode,
+        "lut_path": lut_path,
+        "lut_build_seconds": lut["provenance"].get("build_seconds"),
+        "lut_measured_blocks": len(lut["entries"]),
+        "lut_models": {
+            k: {"n": v["n_samples"], "train_mape": v["train_mape"]}
+            for k, v in lut["models"].items()
+        },
+        "subnets": [],
+    }
+    result["runs"].append(rec)
+    cfg = lut_builder.MeasureConfig(FLAGS.num_threads, FLAGS.warmup, FLAGS.runs, 0.05)
+    tmp = tempfile.mkdtemp(prefix="latbench_")
+    files = []
+    for i, a in enumerate(archs):
+        t0 = time.monotonic()
+        tfl = lut_builder.convert_for_latency(build_arch_model(space, a), mode)
+        conv_s = time.monotonic() - t0
+        path = os.path.join(tmp, f"{i}.tflite")
+        with open(path, "wb") as f:
+            f.write(tfl)
+        files.append(path)
+        st = lut_builder.time_tflite(tfl, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s)
+        del tfl
+        rec["subnets"].append(
+            {
+                "arch": a.to_dict(),
+                "mflops": count_flops(space, a),
+                "pred_ms": pred.predict(a),
+                "proxy_ms": proxy.predict(a),
+                "sessions_ms": [st["median_ms"]],
+                "within_cv": [st["robust_cv"]],
+                "convert_s": conv_s,
+            }
+        )
+        s = rec["subnets"][-1]
+        log(
+            f"{space.name}/{mode} {i + 1}/{len(archs)}: {s['mflops']:.1f} MFLOPs true "
+            f"{st['median_ms']:.4f} pred {s['pred_ms']:.4f} ms (convert {conv_s:.1f}s)"
+        )
+        summarize(rec)
+        save()
+    for _ in range(FLAGS.repeats - 1):
+        for s, path in zip(rec["subnets"], files):
+            with open(path, "rb") as f:
+                st = lut_builder.time_tflite(
+                    f.read(), cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s
+                )
+            s["sessions_ms"].append(st["median_ms"])
+            s["within_cv"].append(st["robust_cv"])
+        summarize(rec)
+        save()
+    for path in files:
+        os.remove(path)
+    os.rmdir(tmp)
+
+
+def summarize(rec):
+    subs = rec["subnets"]
+    true = [float(np.median(s["sessions_ms"])) for s in subs]
+    for s, t in zip(subs, true):
+        s["true_ms"] = t
+        m = s["sessions_ms"]
+        s["between_session_cv"] = float(np.std(m) / np.mean(m)) if len(m) > 1 else None
+    rec["lut"] = metrics([s["pred_ms"] for s in subs], true)
+    rec["flops_proxy"] = metrics([s["proxy_ms"] for s in subs], true)
+    bcv = [s["between_session_cv"] for s in subs if s["between_session_cv"] is not None]
+    rec["ground_truth_noise"] = {
+        "between_session_cv_median": float(np.median(bcv)) if bcv else None,
+        "between_session_cv_p90": float(np.percentile(bcv, 90)) if bcv else None,
+        "within_session_robust_cv_median": float(
+            np.median([c for s in subs for c in s["within_cv"]])
+        ),
+        "true_ms_range": [float(min(true)), float(max(true))],
+    }
+
+
+def print_table(result):
+    hdr = (
+        f"{'space':<11}{'mode':<6}{'n':>4}  {'predictor':<12}{'±10%':>7}{'±5%':>7}"
+        f"{'RMSE ms':>10}{'MAPE':>7}{'Spearman':>9}   ground truth CV (between / within)"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for r in result["runs"]:
+        noise = r.get("ground_truth_noise", {})
+        for name in ("lut", "flops_proxy"):
+            m = r.get(name) or {}
+            if not m:
+                continue
+            b = noise.get("between_session_cv_median")
+            print(
+                f"{r['space']:<11}{r['mode']:<6}{m['n']:>4}  {name:<12}"
+                f"{100 * m['within_10pct']:>6.1f}%{100 * m['within_5pct']:>6.1f}%"
+                f"{m['rmse_ms']:>10.4f}{100 * m['mape']:>6.1f}%{m['spearman']:>9.3f}   "
+                f"{'-' if b is None else f'{100 * b:.1f}%'} / "
+                f"{100 * noise['within_session_robust_cv_median']:.1f}%"
+            )
+
+
+def main(argv):
+    del argv
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    prov = lut_builder.provenance("local", lut_builder.MeasureConfig(FLAGS.num_threads))
+    day = prov["date"][:10].replace("-", "")
+    out = os.path.join(
+        FLAGS.output_dir,
+        f"latency_predictor_{'-'.join(FLAGS.spaces)}_{'-'.join(FLAGS.modes)}_local_t"
+        f"{FLAGS.num_threads}_{platform.node()}_{day}.json",
+    )
+    result = {
+        "benchmark": "latency_predictor",
+        "provenance": prov,
+        "flags": {
+            k: FLAGS[k].value
+            for k in (
+                "spaces",
+                "modes",
+                "num_subnets",
+                "repeats",
+                "runs",
+                "warmup",
+                "lut_budget_s",
+                "num_calibration",
+                "seed",
+            )
+        },
+        "load_average_start": os.getloadavg(),
+        "runs": [],
+    }
+
+    def save():
+        result["load_average_now"] = os.getloadavg()
+        with open(out + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(out + ".tmp", out)
+
+    t0 = time.monotonic()
+    for name in FLAGS.spaces:
+        space = get_space(name)
+        for mode in FLAGS.modes:
+            run_one(space, mode, result, save)
+    result["total_seconds"] = time.monotonic() - t0
+    save()
+    print_table(result)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    sys.exit(app.run(main))
