@@ -5,7 +5,18 @@ space, seed, **cfg)``; see ``samplers`` for the common API (``StepSample``, ``Sa
 Each step samples ``num_subnets - 1`` archs whose FLOPs lie in the bin [F, F + 2 * bound] of
 the step's level F (from a FLOPs-level table, ``flops_tables``, or by rejection sampling) plus
 the level's min subnet in the last slot. The samplers follow the intent described in the spec
-and fix the official code's bugs (spec §10.9, §10.16), each fix noted where it is made.
+and fix the official code's bugs, each fix noted where it is made:
+
+  * §10.16 (conv kernels filtered by the min expansion ratio; MLP bound of the min arch not
+    applied): fixed in ``SearchSpace.sample`` / ``flops_tables.sample_encoded``, which every
+    in-bin draw uses.
+  * §10.9 (the preference anchor looks up a non-existent 150/50 MFLOPs bank and silently falls
+    back to bank 0): the lowest level's bank is used on purpose (``preference_anchor``).
+  * §10.15 (tables store [F, F + 30] but training keeps [F, F + 20]): tables hold the training
+    bin itself.
+Other choices: a bank holds each arch once (a re-scored arch gets its new score instead of a
+duplicate entry); the out-of-bin cleanup the official loop does at batch 0 is done in
+``end_epoch``; re-scoring is offered (``archs_to_rescore``) but left to the training loop.
 """
 
 from __future__ import annotations
