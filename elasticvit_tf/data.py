@@ -454,22 +454,24 @@ def make_dataset(
         paths = source.splits[native][0][idx].astype(str)
         ds = tf.data.Dataset.from_tensor_slices((paths, source.splits[native][1][idx]))
 
-        def decode(path, label):
+        def read(path, label):
             raw = tf.io.read_file(path)
             return tf.io.decode_image(raw, channels=3, expand_animations=False), label
 
-        # Files that passed the PIL scan but fail here are dropped (ignore_errors below).
-        read = decode
         shuffle_buffer = n_local
     else:
-        read = None
+
+        def read(encoded, label):
+            return source.decode(encoded), label
+
+        # Shuffles encoded examples: cheap to buffer, decoded only after sharding/filtering.
         shuffle_buffer = min(n_local, 10_000)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if read is not None:
-        ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    # Images that passed the source's checks but fail to decode here are dropped, not fatal.
+    ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
     ds = ds.enumerate()
 
     def example_fn(step, example):

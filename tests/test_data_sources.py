@@ -177,7 +177,8 @@ def test_tfds_mocked_mnist():
         assert src.sizes["train"] == 12 and src.sizes["test"] == 12
         assert src.class_names == tuple(str(i) for i in range(10))
         assert src.channels == 1 and src.native_side == 28 and not src.flip
-        image, label = next(iter(src.as_dataset("train")))
+        encoded, label = next(iter(src.as_dataset("train")))
+        image = src.decode(encoded)
         assert image.shape == (28, 28, 1) and label.dtype.name == "int32"
 
 
@@ -186,3 +187,25 @@ def test_tfds_unknown_name():
         ValueError, match="Unknown or unavailable TFDS data set 'no_such_dataset_x'"
     ):
         sources.load_tfds("no_such_dataset_x", None, None)
+
+
+def test_folder_truncated_jpeg_skipped_threaded_scan(tmp_path):
+    """A JPEG cut in half passes the header check but is caught by the (threaded) scan."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "big"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(40):  # 80 files: the threaded path
+            arr = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(str(root / c / f"{i}.jpg"), quality=90)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (root / "b" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    src = sources.load_folder(str(root))
+    assert src.skipped_corrupt == 1
+    assert sum(len(v[1]) for v in src.splits.values()) == 80
+    assert src.native_side == 64 and src.channels == 3
