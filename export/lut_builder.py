@@ -15,7 +15,8 @@ For one space, target and quantization mode the builder
    runtime and version, threads, warm-up and runs, date, host, builder commit) and the space
    fingerprint; ``search/latency.py`` reads it.
 
-Only ``--target=local`` (LiteRT in this process) is implemented here.
+``--target=local`` times with LiteRT in this process; ``adb:SERIAL`` goes through
+``export.benchmark.benchmark`` (the project's one ``benchmark_model`` runner and parser).
 """
 
 from __future__ import annotations
@@ -78,9 +79,14 @@ def convert_for_latency(model, mode: str, num_calibration: int = 4, seed: int = 
     shape = tuple(int(d) for d in model.inputs[0].shape)
     module = tf.Module()
     module.variables_ = [getattr(v, "value", v) for v in model.variables]
+
+    def serve(x):
+        return {"y": model(x, training=False)}
+
     module.serve = tf.function(
-        lambda x: {"y": model(x, training=False)},
+        serve,
         input_signature=[tf.TensorSpec(shape, tf.float32, name="x")],
+        autograph=False,
     )
     with tempfile.TemporaryDirectory() as d:
         tf.saved_model.save(module, d, signatures=module.serve.get_concrete_function())
@@ -92,7 +98,7 @@ def convert_for_latency(model, mode: str, num_calibration: int = 4, seed: int = 
                 rng.standard_normal(shape).astype(np.float32) for _ in range(num_calibration)
             ]
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = lambda: ([s] for s in samples)
+            conv.representative_dataset = lambda: iter([[s] for s in samples])
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         with contextlib.redirect_stdout(io.StringIO()):
             return bytes(conv.convert())
@@ -137,22 +143,52 @@ class MeasureConfig:
     warmup: int = 10
     runs: int = 50
     min_time_s: float = 0.05
+    target: str = "local"
+    benchmark_model_path: Optional[str] = None
+
+
+def check_target(target: str) -> str:
+    """'local' or 'adb:SERIAL'; anything else raises ValueError."""
+    if target == "local" or (
+        isinstance(target, str) and target.startswith("adb:") and len(target) > 4
+    ):
+        return target
+    raise ValueError(f"target={target!r}: expected 'local' or 'adb:SERIAL'")
+
+
+def time_model(tflite: bytes, cfg: MeasureConfig) -> dict[str, float]:
+    """Latency statistics on ``cfg.target``: in-process LiteRT for 'local' (``time_tflite``:
+    adds a minimum timed duration and a robust CV), the export helper's ``benchmark_model``
+    over adb for 'adb:SERIAL'."""
+    if cfg.target == "local":
+        return time_tflite(tflite, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s)
+    from elasticvit_tf.export.benchmark import benchmark
+
+    r = benchmark(
+        tflite,
+        target=cfg.target,
+        num_threads=cfg.num_threads,
+        warmup=cfg.warmup,
+        runs=cfg.runs,
+        benchmark_model_path=cfg.benchmark_model_path,
+    )
+    med = r.median_ms if r.median_ms is not None else r.mean_ms
+    cv = (r.std_ms or 0.0) / r.mean_ms if r.mean_ms else 0.0
+    return {"median_ms": med, "p5_ms": r.p5_ms, "p95_ms": r.p95_ms, "cv": cv, "robust_cv": cv}
 
 
 def measure_op(sig: OpSignature, mode: str, cfg: MeasureConfig) -> float:
     """Median latency (ms) of one block as a standalone TFLite model."""
     from elasticvit_tf.export.lut_blocks import build_op_model
 
-    tfl = convert_for_latency(build_op_model(sig), mode)
-    return time_tflite(tfl, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s)["median_ms"]
+    return time_model(convert_for_latency(build_op_model(sig), mode), cfg)["median_ms"]
 
 
 def measure_arch(space: SearchSpace, arch: ArchConfig, mode: str, cfg: MeasureConfig) -> dict:
-    """Whole-subnet latency statistics (see ``time_tflite``)."""
+    """Whole-subnet latency statistics (see ``time_model``)."""
     from elasticvit_tf.export.lut_blocks import build_arch_model
 
-    tfl = convert_for_latency(build_arch_model(space, arch), mode)
-    return time_tflite(tfl, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s)
+    return time_model(convert_for_latency(build_arch_model(space, arch), mode), cfg)
 
 
 # -------------------------------------------------------------------------------- design
@@ -316,9 +352,12 @@ def provenance(target: str, cfg: MeasureConfig) -> dict[str, Any]:
         version = metadata.version("ai-edge-litert")
     except metadata.PackageNotFoundError:
         version = "unknown"
+    runtime = "ai-edge-litert"
+    if target != "local":  # the device's benchmark_model reports no version we can read
+        runtime, version = "benchmark_model", os.path.basename(cfg.benchmark_model_path or "?")
     return {
         "target": target,
-        "runtime": "ai-edge-litert",
+        "runtime": runtime,
         "runtime_version": version,
         "num_threads": cfg.num_threads,
         "warmup": cfg.warmup,
@@ -350,10 +389,7 @@ def build_mode_lut(
 ) -> dict:
     """Builds one mode's LUT dict within ``budget_s`` seconds of measurement (see module doc)."""
     mode = canonical_mode(mode)
-    if target != "local":
-        raise ValueError(
-            f"target={target!r}: this builder measures with LiteRT in-process; expected 'local'"
-        )
+    cfg = dataclasses.replace(cfg, target=check_target(target))
     t0 = time.monotonic()
     op_deadline = t0 + budget_s * (1.0 - calibration_share)
     measured: dict[OpSignature, float] = {}
@@ -405,13 +441,15 @@ def build_lut(
     num_calibration: int = 3,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    benchmark_model_path: Optional[str] = None,
 ) -> dict[str, dict]:
     """Builds one LUT per mode, splitting ``budget_s`` evenly between modes.
 
     Args:
         space: the search space.
         modes: quantization modes ("fp32", "int8").
-        target: "local" (LiteRT in this process).
+        target: "local" (LiteRT in this process) or "adb:SERIAL" (the device's
+            ``benchmark_model`` at ``benchmark_model_path``, through ``export.benchmark``).
         num_threads: interpreter threads.
         budget_s: total measurement time budget in seconds (every block type is measured at
             least once even past the budget).
@@ -420,6 +458,7 @@ def build_lut(
         num_calibration: whole subnets measured per mode for the constant.
         seed: design and calibration seed.
         log: progress callback.
+        benchmark_model_path: ``benchmark_model`` binary for adb targets.
 
     Returns:
         ``{mode: {"lut": lut_dict, "path": written path or None}}``.
@@ -431,7 +470,16 @@ def build_lut(
         raise ValueError(f"num_threads={num_threads!r}: expected an integer >= 1")
     if budget_s <= 0:
         raise ValueError(f"budget_s={budget_s!r}: expected > 0 seconds")
-    cfg = MeasureConfig(num_threads=num_threads, warmup=warmup, runs=runs)
+    check_target(target)
+    if target != "local" and not benchmark_model_path:
+        raise ValueError(f"target={target!r} needs benchmark_model_path (got none)")
+    cfg = MeasureConfig(
+        num_threads=num_threads,
+        warmup=warmup,
+        runs=runs,
+        target=target,
+        benchmark_model_path=benchmark_model_path,
+    )
     out = {}
     for mode in modes:
         lut = build_mode_lut(

@@ -1,0 +1,77 @@
+"""elasticvit-lut: measure a latency lookup table (LUT) for a space on a target.
+
+  elasticvit-lut --space=demo --modes=fp32,int8 --target=local --num_threads=1 \\
+      --budget_s=120 --output_dir=luts
+
+Writes one JSON per mode, named ``lut_<space>_<target>_<mode>_t<threads>_<date>.json``, for
+``elasticvit-search --latency_lut``. Bad flags print one error line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("space", "demo", "Search-space preset (elasticvit, demo, tiny).")
+    flags.DEFINE_list("modes", ["fp32", "int8"], "Quantization modes: fp32, int8.")
+    flags.DEFINE_string("target", "local", "local (LiteRT here) or adb:SERIAL.")
+    flags.DEFINE_string("benchmark_model_path", None, "benchmark_model binary (adb targets).")
+    flags.DEFINE_integer("num_threads", 1, "Interpreter threads.", lower_bound=1)
+    flags.DEFINE_float("budget_s", 120.0, "Measurement time budget for all modes (seconds).")
+    flags.DEFINE_integer("warmup", 10, "Warm-up invocations per measured model.", lower_bound=0)
+    flags.DEFINE_integer("runs", 50, "Timed invocations per measured model.", lower_bound=1)
+    flags.DEFINE_integer(
+        "num_calibration", 3, "Whole subnets measured per mode for the constant.", lower_bound=1
+    )
+    flags.DEFINE_integer("seed", 0, "Design / calibration seed.")
+    flags.DEFINE_string("output_dir", "luts", "Directory the LUT JSON files go to.")
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from elasticvit_tf.export import lut_builder
+    from elasticvit_tf.space import get_space
+
+    try:
+        space = get_space(FLAGS.space)
+        out = lut_builder.build_lut(
+            space,
+            modes=FLAGS.modes,
+            target=FLAGS.target,
+            num_threads=FLAGS.num_threads,
+            budget_s=FLAGS.budget_s,
+            output_path=FLAGS.output_dir,
+            warmup=FLAGS.warmup,
+            runs=FLAGS.runs,
+            num_calibration=FLAGS.num_calibration,
+            seed=FLAGS.seed,
+            benchmark_model_path=FLAGS.benchmark_model_path,
+        )
+    except ValueError as e:
+        print(f"elasticvit-lut: error: {e}", file=sys.stderr)
+        return 2
+    for mode, r in out.items():
+        lut = r["lut"]
+        print(
+            f"{mode}: {len(lut['entries'])} blocks measured, constant {lut['constant_ms']:.4f} ms,"
+            f" {lut['provenance']['build_seconds']:.1f} s -> {r['path']}"
+        )
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    define_flags()
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()
