@@ -209,3 +209,14 @@ def test_folder_truncated_jpeg_skipped_threaded_scan(tmp_path):
     assert src.skipped_corrupt == 1
     assert sum(len(v[1]) for v in src.splits.values()) == 80
     assert src.native_side == 64 and src.channels == 3
+
+
+def test_tfds_imagenet_unprepared_without_archives_is_clear_error(tmp_path):
+    """Preparing imagenet2012 offline needs the archives in manual_dir (checked before any
+    download is attempted)."""
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with pytest.raises(
+        ValueError, match=r"'imagenet2012' is not prepared in .*manual_dir=.*manual"
+    ):
+        sources.load_tfds("imagenet2012", str(tmp_path / "tfds"), str(manual))
