@@ -270,9 +270,13 @@ class BinSampler:
                 combos[None, None, None, :, 2],
             )  # (R, P, W, K)
             self.stages.append(
-                dict(
-                    widths=widths, start=start, combos=combos, tab=tab.reshape(-1), shape=tab.shape
-                )
+                {
+                    "widths": widths,  # this stage's width choices
+                    "start": start,  # first allowed width index per previous-width index
+                    "combos": combos,  # allowed (depth, a, b) rows
+                    "tab": tab.reshape(-1),  # MACs, flattened (R, P, W, K)
+                    "shape": tab.shape,
+                }
             )
             prev_widths = widths
         self.head_tab = _head_macs(

@@ -175,7 +175,7 @@ def test_bank_capacity_best_entries_survive_and_rescoring():
     a0 = bank[0][0]
     s.update_scores([(a0, 123.0)])
     assert len(s.bank(st.level)) == cap
-    assert dict((a.key(), sc) for a, sc in s.bank(st.level))[a0.key()] == 123.0
+    assert {a.key(): sc for a, sc in s.bank(st.level)}[a0.key()] == 123.0
     # a worse new arch does not enter a full bank; NaN scores are ignored
     newcomer = _in_bin_archs(s, i, 45)[-1]
     s.update_scores([(newcomer, min(best) - 1.0), (archs[0], float("nan"))])

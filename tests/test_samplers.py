@@ -129,4 +129,4 @@ def test_level_samplers_reexported():
     assert samplers_lib.ElasticViTSampler is level_samplers.ElasticViTSampler
     assert issubclass(samplers_lib.ElasticViTSampler, samplers_lib.Sampler)
     with pytest.raises(AttributeError):
-        samplers_lib.NoSuchSampler
+        _ = samplers_lib.NoSuchSampler
