@@ -132,6 +132,19 @@ class ComplexityAwareSampler(Sampler):
         self._last_level_index: Optional[int] = None
         self._last_min_key: Optional[str] = None
 
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            levels=list(self.levels),
+            bound=self.bound,
+            tables=self.tables_mode,
+            table_size=self.table_size,
+            table_seed=self.table_seed,
+            cache_dir=None if self.cache_dir is None else str(self.cache_dir),
+            max_draws=self.max_draws,
+        )
+        return config
+
     # ------------------------------------------------------------------------------ levels
     def _level_index(self, level: float) -> int:
         for i, f in enumerate(self.levels):
@@ -353,6 +366,21 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         self.banks: list[list[list]] = [[] for _ in self.levels]  # entries [arch, score]
         self._by_key: dict[str, list] = {}  # arch key -> its bank entry (the same list)
         self.p_bank = self._p_bank_at(0)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            bank_size=self.bank_size,
+            big_bank_size=self.big_bank_size,
+            big_level=self.big_level,
+            p_bank=self.p_bank_init,
+            p_bank_inc=self.p_bank_inc,
+            p_bank_every_epochs=self.p_bank_every_epochs,
+            num_candidates=self.num_candidates,
+            bank_temperature=self.bank_temperature,
+            rescore=self.rescore,
+        )
+        return config
 
     # ------------------------------------------------------------------------------ banks
     def capacity(self, level_index: int) -> int:

@@ -138,6 +138,16 @@ class Sampler:
         """Called once after every epoch."""
         self.epoch += 1
 
+    def get_config(self) -> dict[str, Any]:
+        """The resolved constructor arguments (JSON): ``make_sampler(**get_config())``-able
+        after popping ``name`` and ``space``; for a run's recorded config."""
+        return {
+            "name": self.name,
+            "space": self.space.name,
+            "seed": self.seed,
+            "num_subnets": self.num_subnets,
+        }
+
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable state; ``set_state`` of it resumes the sequence exactly."""
         state = {

@@ -130,3 +130,15 @@ def test_level_samplers_reexported():
     assert issubclass(samplers_lib.ElasticViTSampler, samplers_lib.Sampler)
     with pytest.raises(AttributeError):
         _ = samplers_lib.NoSuchSampler
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_get_config_rebuilds_an_equal_sampler(name):
+    space = get_space("tiny")
+    cfg = {} if name in ("uniform", "sandwich") else {"tables": "none"}
+    s = samplers_lib.make_sampler(name, space, seed=4, **cfg)
+    config = json.loads(json.dumps(s.get_config()))
+    assert config["name"] == name and config["space"] == "tiny" and config["seed"] == 4
+    kwargs = {k: v for k, v in config.items() if k not in ("name", "space")}
+    twin = samplers_lib.make_sampler(name, space, **kwargs)
+    assert _run(twin, 5) == _run(s, 5)
