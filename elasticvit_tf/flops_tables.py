@@ -3,12 +3,20 @@
 The official code samples the training subnets of a FLOPs level F from an offline table of
 150k archs with F <= FLOPs <= F + 30 (spec §3.1), because plain rejection sampling from the
 (min-arch restricted) space accepts as little as 0.02 % of the draws. Here the tables are built
-with the same proposal, ``space.sample(rng, min_arch=space.select_min_arch(F))``, re-implemented
-column-wise over a batch of archs in numpy (``sample_encoded``), with the official FLOPs formula
-vectorised over the batch in exact integer MACs (``flops_macs_encoded``, equal to
-``flops.count_flops``). Accepted archs are therefore an exact rejection sample of the
-restricted block-wise distribution conditioned on the bin; duplicates are dropped, as in the
-official tables. Differences from the official tables, on purpose:
+with the same proposal, ``space.sample(rng, min_arch=space.select_min_arch(F))``, drawn for a
+whole batch at once by ``BinSampler``: the resolution, the stem and each stage's
+(depth, a, b) are independent uniform picks and each width a uniform pick above the previous
+width, so a draw is a row of choice indices, and its FLOPs are a sum of per-part look-up
+tables indexed by (resolution, input width, width, combo) that were filled once with the
+official formula in exact integer MACs (``flops_macs_encoded`` is the same formula on
+encoded archs and equals ``flops.count_flops``). About 1e6 proposals per CPU-second, i.e.
+>1,500 accepted archs per CPU-second even at the rarest official level (500 MFLOPs,
+0.03 % acceptance), versus ~2/s one arch at a time in Python (``benchmarks/flops_tables.py``).
+Accepted archs are an exact rejection sample of the restricted block-wise distribution
+conditioned on the bin (no repair or reweighting); duplicates are dropped, as in the official
+tables, so a uniform draw from a table is uniform over the distinct archs found. The samplers
+use the same ``BinSampler`` for rejection sampling in the bin when a level has no table.
+Differences from the official tables, on purpose:
 
   * the stored bin is the training bin itself, [F, F + 2 * bound] (the official tables store
     [F, F + 30] and training rejects down to [F, F + 20], spec §10.15); a draw from the table
