@@ -1,0 +1,168 @@
+"""LUT builder: design, per-type fits, calibration, JSON output (fake timings), real blocks."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from elasticvit_tf.export import lut_builder
+from elasticvit_tf.latency_ops import OpKind, OpSignature, decompose, enumerate_ops, op_features
+from elasticvit_tf.search.latency import load_predictor
+from elasticvit_tf.space import get_space
+
+# A known "device": every block costs 2 us + 1 ns per MAC + 0.5 ns per activation element.
+_OVERHEAD_MS = 0.05
+
+
+def _fake_block_ms(sig):
+    f = op_features(sig)
+    return 0.002 + 1e-6 * f["macs"] + 5e-7 * f["act_elems"]
+
+
+def _fake_whole(space, arch):
+    return sum(_fake_block_ms(s) for s in decompose(space, arch)) + _OVERHEAD_MS
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    calls = {"op": 0, "arch": 0}
+
+    def measure_op(sig, mode, cfg):
+        calls["op"] += 1
+        return _fake_block_ms(sig) * (1.5 if mode == "int8" else 1.0)
+
+    def measure_arch(space, arch, mode, cfg):
+        calls["arch"] += 1
+        return {"median_ms": _fake_whole(space, arch) * (1.5 if mode == "int8" else 1.0)}
+
+    monkeypatch.setattr(lut_builder, "measure_op", measure_op)
+    monkeypatch.setattr(lut_builder, "measure_arch", measure_arch)
+    return calls
+
+
+def test_build_lut_writes_versioned_json_with_provenance(tmp_path, fake_device):
+    space = get_space("tiny")
+    out = lut_builder.build_lut(
+        space, modes=("fp32", "int8"), budget_s=1.0, output_path=str(tmp_path), log=lambda s: None
+    )
+    assert set(out) == {"fp32", "int8"}
+    for mode, r in out.items():
+        name = os.path.basename(r["path"])
+        assert name.startswith(f"lut_tiny_local_{mode}_t1_") and name.endswith(".json")
+        with open(r["path"]) as f:
+            d = json.load(f)
+        assert d == json.loads(json.dumps(r["lut"]))
+        assert d["format"] == "elasticvit-latency-lut" and d["version"] == 1
+        assert d["space"] == "tiny" and d["space_fingerprint"] == space.fingerprint()
+        assert d["mode"] == mode
+        prov = d["provenance"]
+        for key in ("target", "runtime", "runtime_version", "num_threads", "warmup", "runs"):
+            assert key in prov
+        for key in ("date", "host", "builder_commit"):
+            assert prov[key]
+        assert prov["target"] == "local" and prov["num_threads"] == 1
+        # Every block type got at least one measurement and a model, even on a tiny budget.
+        kinds = {e["op"]["kind"] for e in d["entries"]}
+        assert kinds == {k.value for k in OpKind}
+        assert set(d["models"]) == {k.value for k in OpKind}
+    assert fake_device["arch"] >= 4  # >= 2 calibration subnets per mode
+
+
+def test_fit_recovers_a_linear_device_and_predicts_held_out_archs(fake_device):
+    space = get_space("demo")
+    lut = lut_builder.build_mode_lut(space, "fp32", budget_s=5.0, num_calibration=3)
+    pred = load_predictor(lut, space, "fp32")
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        a = space.sample(rng)
+        assert pred.predict(a) == pytest.approx(_fake_whole(space, a), rel=0.03)
+    assert lut["constant_ms"] == pytest.approx(_OVERHEAD_MS, abs=0.01)
+
+
+def test_fit_kind_model_exact_on_linear_data():
+    sigs = enumerate_ops(get_space("demo"))[OpKind.MBCONV][:20]
+    ms = [3e-4 + 2e-6 * op_features(s)["macs"] + 1e-6 * op_features(s)["ops"] for s in sigs]
+    m = lut_builder.fit_kind_model(OpKind.MBCONV, sigs, ms)
+    assert m["features"] == list(lut_builder.KIND_FEATURES[OpKind.MBCONV])
+    assert m["n_samples"] == 20
+    assert m["train_mape"] < 1e-6
+    assert all(c >= 0 for c in m["coef"])
+    for s, y in zip(sigs, ms):
+        assert lut_builder.predict_kind(m, s) == pytest.approx(y, rel=1e-6)
+
+
+def test_kinds_with_few_samples_use_the_all_kinds_model():
+    space = get_space("demo")
+    order = lut_builder.design_order(space)
+    measured = {s: _fake_block_ms(s) for s in order[:12]}  # 2 per kind
+    models = lut_builder.fit_models(measured)
+    assert {m["source"] for m in models.values()} == {"all_kinds"}
+    head = [s for s in enumerate_ops(space)[OpKind.HEAD]][0]
+    assert lut_builder.predict_kind(models["head"], head) == pytest.approx(
+        _fake_block_ms(head), rel=0.05
+    )
+
+
+def test_design_order_covers_every_kind_first_with_extremes():
+    space = get_space("demo")
+    order = lut_builder.design_order(space, seed=0)
+    n_kinds = len(OpKind)
+    assert {s.kind for s in order[:n_kinds]} == set(OpKind)
+    assert len(order) == len(set(order)) == sum(len(v) for v in enumerate_ops(space).values())
+    for kind, sigs in enumerate_ops(space).items():
+        first_two = [s for s in order if s.kind is kind][:2]
+        macs = [op_features(s)["macs"] for s in sigs]
+        assert {op_features(s)["macs"] for s in first_two} == {min(macs), max(macs)}
+    assert lut_builder.design_order(space, seed=0) == order
+
+
+def test_fit_calibration():
+    assert lut_builder.fit_calibration([1.0, 2.0], [1.1, 2.3]) == (1.0, pytest.approx(0.2))
+    sums = [1.0, 2.0, 3.0, 4.0, 5.0]
+    scale, const = lut_builder.fit_calibration(sums, [1.1 * s + 0.3 for s in sums])
+    assert scale == pytest.approx(1.1) and const == pytest.approx(0.3)
+    # A scale outside [0.8, 1.25] is not a "small correction": constant only.
+    scale, const = lut_builder.fit_calibration(sums, [2 * s for s in sums])
+    assert scale == 1.0 and const == pytest.approx(3.0)
+
+
+def test_file_name_and_bad_input():
+    assert (
+        lut_builder.lut_file_name("demo", "adb:R58M", "float32", 4, "2026-11-25T19:00:00+00:00")
+        == "lut_demo_adb-R58M_fp32_t4_20261125.json"
+    )
+    space = get_space("tiny")
+    with pytest.raises(ValueError, match="mode='fp16'"):
+        lut_builder.build_lut(space, modes=("fp16",))
+    with pytest.raises(ValueError, match="target='gpu'"):
+        lut_builder.build_lut(space, target="gpu")
+    with pytest.raises(ValueError, match="benchmark_model_path"):
+        lut_builder.build_lut(space, target="adb:XYZ")
+    with pytest.raises(ValueError, match="budget_s"):
+        lut_builder.build_lut(space, budget_s=0)
+    with pytest.raises(ValueError, match="num_threads"):
+        lut_builder.build_lut(space, num_threads=0)
+
+
+@pytest.mark.slow
+def test_real_blocks_convert_builtin_only_and_time(tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    space = get_space("tiny")
+    sigs = [
+        OpSignature(OpKind.TRANSFORMER, 2, 32, 32, mlp_ratio=2, v_scale=2, head_dim=16),
+        OpSignature(OpKind.MBCONV, 12, 8, 16, stride=2, kernel=5, expand_ratio=2, se=True),
+    ]
+    assert all(s in set(enumerate_ops(space)[s.kind]) for s in sigs)
+    from elasticvit_tf.export.lut_blocks import build_op_model
+
+    for sig, mode in zip(sigs, ("int8", "fp32")):
+        tfl = lut_builder.convert_for_latency(build_op_model(sig), mode)
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(tfl, 0))
+        codes = {oc.builtinCode for oc in model.operatorCodes}
+        assert schema.BuiltinOperator.CUSTOM not in codes
+        if mode == "int8":
+            assert schema.BuiltinOperator.QUANTIZE in codes
+        st = lut_builder.time_tflite(tfl, num_threads=1, warmup=2, runs=5)
+        assert st["median_ms"] > 0 and st["runs"] >= 5
