@@ -9,9 +9,10 @@ whole batch at once by ``BinSampler``: the resolution, the stem and each stage's
 width, so a draw is a row of choice indices, and its FLOPs are a sum of per-part look-up
 tables indexed by (resolution, input width, width, combo) that were filled once with the
 official formula in exact integer MACs (``flops_macs_encoded`` is the same formula on
-encoded archs and equals ``flops.count_flops``). About 1e6 proposals per CPU-second, i.e.
->1,500 accepted archs per CPU-second even at the rarest official level (500 MFLOPs,
-0.03 % acceptance), versus ~2/s one arch at a time in Python (``benchmarks/flops_tables.py``).
+encoded archs and equals ``flops.count_flops``). Measured (``benchmarks/flops_tables.py``):
+about 5e6 proposals per CPU-second, i.e. ~1,700 accepted archs per CPU-second even at the
+rarest official level (500 MFLOPs, 0.03 % acceptance), versus ~1-2 per second one arch at a
+time in Python.
 Accepted archs are an exact rejection sample of the restricted block-wise distribution
 conditioned on the bin (no repair or reweighting); duplicates are dropped, as in the official
 tables, so a uniform draw from a table is uniform over the distinct archs found. The samplers
