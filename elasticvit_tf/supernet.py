@@ -151,6 +151,11 @@ class ElasticSupernet(keras.Model):
         self.head = ClassifierHead(
             sp.stages[-1].max_width, sp.head_mul, sp.head_width, num_classes, name="head"
         )
+        # NOTE: tf.train.Checkpoint does not see blocks held in (Keras-tracked) Python lists;
+        # without these named attributes a checkpoint holds only first_conv, head and arch.
+        # Keras dedups by id, so net.weights (and its order) is unchanged.
+        for blk in self.stem_blocks + [b for blocks in self.stages for b in blocks]:
+            setattr(self, blk.name, blk)
         self.build(None)
 
     # ------------------------------------------------------------------------------ build
