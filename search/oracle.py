@@ -262,6 +262,13 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
         self.rejections = int(own.get("rejections", 0))
         self.stop_reason = own.get("stop_reason")
 
+    @keras_tuner.synchronized
+    def end_trial(self, trial):
+        super().end_trial(trial)
+        # The base class saves before it pops the trial from ``ongoing_trials``: save again so
+        # that oracle.json never shows a finished trial as running (a chief has no later save).
+        self.save()
+
     def save(self):
         _atomic_write_json(self._get_oracle_fname(), self.get_state())
 
