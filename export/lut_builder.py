@@ -76,7 +76,7 @@ def convert_for_latency(model, mode: str, num_calibration: int = 4, seed: int = 
     import tensorflow as tf
 
     mode = canonical_mode(mode)
-    shape = tuple(int(d) for d in model.inputs[0].shape)
+    shape = tuple(1 if d is None else int(d) for d in model.inputs[0].shape)  # batch 1
     module = tf.Module()
     module.variables_ = [getattr(v, "value", v) for v in model.variables]
 

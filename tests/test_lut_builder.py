@@ -166,3 +166,25 @@ def test_real_blocks_convert_builtin_only_and_time(tmp_path):
             assert schema.BuiltinOperator.QUANTIZE in codes
         st = lut_builder.time_tflite(tfl, num_threads=1, warmup=2, runs=5)
         assert st["median_ms"] > 0 and st["runs"] >= 5
+
+
+def test_binary_bad_input_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for flag, match in (("--space=nope", "unknown space 'nope'"), ("--modes=fp16", "mode='fp16'")):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "elasticvit_tf.export.lut_main",
+                flag,
+                f"--output_dir={tmp_path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert match in r.stderr
+    assert list(tmp_path.iterdir()) == []
