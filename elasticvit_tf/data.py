@@ -34,6 +34,7 @@ from elasticvit_tf import data_sources as sources
 from elasticvit_tf.data_augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    finish_batch,
     normalize_images,
     preprocess_batch,
     preprocess_example,
@@ -480,8 +481,14 @@ def make_dataset(
         return preprocess_example(image, mode, training, s, size, pad, flip), label
 
     ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(lambda x, y: (normalize_images(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate()
+    batch_seed = (aug_seed + 1) & 0x7FFFFFFF  # distinct from the per-example seeds
+
+    def batch_fn(step, batch):
+        s = tf.stack([tf.constant(batch_seed, tf.int64), step])
+        return finish_batch(batch[0], mode, training, s), batch[1]
+
+    ds = ds.map(batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -145,11 +145,14 @@ def preprocess_batch(images, mode, training, seed, size, pad, flip):
 
 
 def preprocess_example(image, mode, training, seed, size, pad, flip):
-    """One uint8 [H, W, C] image of any size -> float32 [S, S, C] in the 0..255 range."""
+    """One uint8 [H, W, C] image of any size -> float32 [S, S, C] in the 0..255 range.
+
+    Geometric steps only; batch the results and call `finish_batch`.
+    """
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
     channels = image.shape[-1]
-    seeds = tf.random.experimental.stateless_split(seed, 4)
+    seeds = tf.random.experimental.stateless_split(seed, 3)
     if training and mode == "imagenet":
         begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
             shape,
@@ -176,9 +179,15 @@ def preprocess_example(image, mode, training, seed, size, pad, flip):
         x = tf.image.stateless_random_crop(x, [size, size, tf.shape(x)[-1]], seed=seeds[1])
     if training and flip and mode in ("light", "imagenet"):
         x = tf.image.stateless_random_flip_left_right(x, seed=seeds[2])
-    if training and mode == "imagenet":
-        x = rand_augment_batch(x[None], seeds[3])[0]
     return x
+
+
+def finish_batch(x, mode, training, seed):
+    """Batch of `preprocess_example` outputs -> normalised: RandAugment-lite (imagenet
+    training; run per batch, where it is vectorised) and ImageNet normalisation."""
+    if training and mode == "imagenet":
+        x = rand_augment_batch(x, seed)
+    return normalize_images(x)
 
 
 # ---------------------------------------------------------------------------------------------
