@@ -65,6 +65,7 @@ def decode_arch(space: SearchSpace, row: Sequence[int]) -> ArchConfig:
     return ArchConfig(row[0], StemArch(row[1], row[2], row[3]), tuple(stages))
 
 
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class ElasticSupernet(keras.Model):
     """The weight-sharing ElasticViT supernet.
 

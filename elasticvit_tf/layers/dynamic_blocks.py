@@ -32,16 +32,6 @@ from elasticvit_tf.layers.dynamic_layers import (
 L = keras.layers
 
 
-def select_kernel(kernel, choices, fn):
-    """Runs ``fn(k)`` for the Python kernel ``k`` equal to the int32 tensor ``kernel``."""
-    choices = tuple(int(c) for c in choices)
-    if len(choices) == 1:
-        return fn(choices[0])
-    index = tf.argmax(tf.cast(tf.equal(tf.constant(choices, tf.int32), kernel), tf.int32))
-    branches = [lambda k=k: fn(k) for k in choices]
-    return tf.switch_case(tf.cast(index, tf.int32), branches)
-
-
 # --------------------------------------------------------------------- static-twin helpers
 def _np(v):
     return np.asarray(keras.ops.convert_to_numpy(v))
@@ -124,6 +114,7 @@ class _Block(keras.layers.Layer):
 
 
 # ----------------------------------------------------------------------------- first conv
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class FirstConv(_Block):
     """3x3 stride-2 conv (3 -> C0, symmetric pad 1), BN, Hardswish (spec §2.1).
 
@@ -160,6 +151,7 @@ class FirstConv(_Block):
 
 
 # --------------------------------------------------------------------------------- MBConv
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class MBConvBlock(_Block):
     """Elastic MBConv (spec §2.2; also the stem blocks with ``max_expand=0`` and the transition
     MBConv of transformer stages).
@@ -236,9 +228,9 @@ class MBConvBlock(_Block):
             h = hswish(self.pw_bn(self.pw(h, cout=inner), training=training))
         else:
             inner = cin
-        if kernel is None:
-            kernel = tf.constant(self.kernels[0], tf.int32)
-        h = select_kernel(kernel, self.kernels, lambda k: self.dw(h, kernel_size=k))
+        if len(self.kernels) == 1:
+            kernel = self.kernels[0]
+        h = self.dw(h, kernel_size=kernel)
         h = hswish(self.dw_bn(h, training=training))
         if self.se:
             g = tf.reduce_mean(h, axis=[1, 2], keepdims=True)
@@ -312,6 +304,7 @@ class MBConvBlock(_Block):
 
 
 # ------------------------------------------------------------------------ transformer layer
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class TransformerLayer(_Block):
     """One (attention, FFN) pair of a transformer stage, pre-norm (spec §2.3).
 
@@ -507,6 +500,7 @@ class TransformerLayer(_Block):
 
 
 # ----------------------------------------------------------------------------------- head
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class ClassifierHead(_Block):
     """MobileNetV3-style head on tokens (spec §2.4): per-token linear C -> head_mul C, BN over
     tokens, Hardswish, mean over tokens, linear -> head_width, Hardswish, classifier.

@@ -54,6 +54,7 @@ def _kaiming_uniform(fan_in):
     return keras.initializers.RandomUniform(-limit, limit)
 
 
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class DynamicConv2D(keras.layers.Layer):
     """Conv with a ``[k, k, max_in, max_out]`` super-kernel; uses ``[:, :, :cin, :cout]``.
 
@@ -114,6 +115,7 @@ class DynamicConv2D(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class DynamicDepthwiseConv2D(keras.layers.Layer):
     """Depthwise conv, super-kernel ``[K, K, max_channels, 1]``; kernel k = centre crop.
 
@@ -146,14 +148,22 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         return self.kernel[off : off + kernel_size, off : off + kernel_size, :channels, :]
 
     def call(self, x, kernel_size=None):
-        k = self.max_kernel if kernel_size is None else int(kernel_size)
-        if k > self.max_kernel or k % 2 == 0:
+        """``kernel_size``: Python int or int32 scalar tensor (odd, <= ``max_kernel``); a
+        tensor gives a dynamic centre crop and padding (no branching, one graph)."""
+        if kernel_size is None:
+            kernel_size = self.max_kernel
+        if isinstance(kernel_size, int) and (
+            kernel_size > self.max_kernel or kernel_size % 2 == 0 or kernel_size < 1
+        ):
             raise ValueError(
-                f"{self.name}: kernel_size={k}; expected an odd size <= {self.max_kernel}"
+                f"{self.name}: kernel_size={kernel_size}; expected an odd size <= "
+                f"{self.max_kernel}"
             )
-        w = self.sliced_kernel(k, tf.shape(x)[-1])
+        w = self.sliced_kernel(kernel_size, tf.shape(x)[-1])
+        p = kernel_size // 2
+        x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
         s = self.strides
-        return tf.nn.depthwise_conv2d(symmetric_pad(x, k // 2), w, [1, s, s, 1], "VALID")
+        return tf.nn.depthwise_conv2d(x, w, [1, s, s, 1], "VALID")
 
     def get_config(self):
         config = super().get_config()
@@ -163,6 +173,7 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class DynamicDense(keras.layers.Layer):
     """Linear layer with a ``[max_in, max_out]`` kernel; uses ``[:in, :out]`` (+ ``bias[:out]``).
 
@@ -216,6 +227,7 @@ class DynamicDense(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class DynamicBatchNorm(keras.layers.Layer):
     """BatchNorm over the last axis with full-size gamma/beta/moving stats; uses ``[:C]``.
 
@@ -306,6 +318,7 @@ def token_layer_norm(x, gamma, beta, epsilon=LN_EPSILON):
     return (x - mean) * tf.math.rsqrt(var + epsilon) * gamma + beta
 
 
+@keras.saving.register_keras_serializable(package="elasticvit_tf")
 class DynamicTokenLayerNorm(keras.layers.Layer):
     """Official LayerNorm quirk on ``(B, N, C)`` tokens with ``[max_channels]`` gamma/beta.
 
