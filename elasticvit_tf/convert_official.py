@@ -450,6 +450,7 @@ def convert_state_dict(
     try:
         md.save_supernet(tmp, net, config)
         md.write_json_atomic(os.path.join(tmp, "conversion.json"), report.to_dict())
+        _verify_written(tmp, net)
         if os.path.isdir(target):
             os.rmdir(target)  # empty (checked above); rename needs it gone or empty
         os.rename(tmp, target)
@@ -457,6 +458,25 @@ def convert_state_dict(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _verify_written(model_dir: str, net) -> None:
+    """Reloads the written model_dir and compares every weight with ``net``'s."""
+    from elasticvit_tf import model_dir as md
+
+    loaded, _ = md.load_supernet(model_dir)
+    arch_ids = {id(v) for v in getattr(net, "arch_variables", ())}
+    bad = [
+        a.path
+        for a, b in zip(net.weights, loaded.weights)
+        if id(a) not in arch_ids
+        and (tuple(a.shape) != tuple(b.shape) or not np.array_equal(np.asarray(a), np.asarray(b)))
+    ]
+    if bad or len(net.weights) != len(loaded.weights):
+        raise RuntimeError(
+            f"the written checkpoint does not restore {len(bad)} of {len(net.weights)} supernet "
+            f"weights (e.g. {_names(bad, 5)}); the supernet's checkpoint tracking is broken"
+        )
 
 
 def convert_checkpoint(
