@@ -170,7 +170,8 @@ def run_one(space, mode, result, save):
         s = rec["subnets"][-1]
         log(
             f"{space.name}/{mode} {i + 1}/{len(archs)}: {s['mflops']:.1f} MFLOPs true "
-            f"{st['median_ms']:.4f} (sessions {[round(r['median_ms'], 4) for r in sess]}) pred {s['pred_ms']:.4f} ms (convert {conv_s:.1f}s)"
+            f"{st['median_ms']:.4f} (sessions {[round(r['median_ms'], 4) for r in sess]}) "
+            f"pred {s['pred_ms']:.4f} ms (convert {conv_s:.1f}s)"
         )
         summarize(rec)
         save()
