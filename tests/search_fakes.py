@@ -171,5 +171,25 @@ def main(argv=None) -> int:
     return 0
 
 
+
+def fake_lut(space: SearchSpace, mode: str = "fp32") -> dict:
+    """A minimal LUT JSON (search/latency.py format): one linear model per block kind."""
+    from elasticvit_tf.latency_ops import OpKind
+
+    return {
+        "format": "elasticvit-latency-lut",
+        "version": 1,
+        "space": space.name,
+        "space_fingerprint": space.fingerprint(),
+        "mode": mode,
+        "entries": [],
+        "models": {
+            k.value: {"features": ["macs"], "coef": [1e-5], "intercept": 0.01} for k in OpKind
+        },
+        "constant_ms": 0.05,
+        "provenance": {"target": "fake", "note": "tests/search_fakes.py"},
+    }
+
+
 if __name__ == "__main__":
     sys.exit(main())

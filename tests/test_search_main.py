@@ -1,0 +1,163 @@
+"""elasticvit-search (search/main.py) and search_lib.run_search: end to end and bad input."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from search_fakes import fake_lut
+
+from elasticvit_tf.search import search_lib
+from elasticvit_tf.search.pareto import dominates
+from elasticvit_tf.space import get_space
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny supernet model_dir (untrained weights, digits data) and LUTs."""
+    from elasticvit_tf import data as data_lib
+    from elasticvit_tf import model_dir as md
+    from elasticvit_tf.supernet import ElasticSupernet
+
+    root = tmp_path_factory.mktemp("search_main")
+    space = get_space("tiny")
+    net = ElasticSupernet(space, 10, num_slots=1)
+    md.ensure_built(net, space)
+    data = data_lib.DataConfig(dataset="digits", image_size=24, search_size=64, augment="light")
+    config = {"space": "tiny", "num_classes": 10, "num_slots": 1, "data": data.to_dict()}
+    md.save_supernet(str(root / "model"), net, config)
+    for name, sp, mode in (
+        ("lut_fp32.json", space, "fp32"),
+        ("lut_int8.json", space, "int8"),
+        ("lut_demo.json", get_space("demo"), "fp32"),
+    ):
+        (root / name).write_text(json.dumps(fake_lut(sp, mode)))
+    return root
+
+
+def _cfg(root, **kw):
+    base = dict(
+        model_dir=str(root / "model"),
+        latency_lut=str(root / "lut_fp32.json"),
+        latency_mode="fp32",
+        latency_budgets_ms=(20.0,),
+        max_trials=4,
+        population=4,
+        calibration_batches=1,
+        eval_batches=1,
+        batch_size=16,
+        directory=str(root / "runs"),
+        project_name="bad",
+    )
+    base.update(kw)
+    return search_lib.SearchConfig(**base)
+
+
+def test_bad_inputs_have_clear_messages(model_dir, tmp_path):
+    smallest = 3.93776  # fake LUT prediction of the tiny min arch (search_fakes.fake_lut)
+    with pytest.raises(ValueError, match=r"below the smallest subnet's predicted latency 3.938"):
+        search_lib.run_search(_cfg(model_dir, latency_budgets_ms=(1.0, smallest / 2)))
+    with pytest.raises(ValueError, match=r"lut_demo.json.*space 'demo'.*requested space 'tiny'"):
+        search_lib.run_search(_cfg(model_dir, latency_lut=str(model_dir / "lut_demo.json")))
+    with pytest.raises(ValueError, match=r"holds mode 'int8'.*'fp32' was requested"):
+        search_lib.run_search(_cfg(model_dir, latency_lut=str(model_dir / "lut_int8.json")))
+    with pytest.raises(ValueError, match="--latency_lut=.*no such file"):
+        search_lib.run_search(_cfg(model_dir, latency_lut=str(tmp_path / "nope.json")))
+    with pytest.raises(ValueError, match="--model_dir=.*no such directory"):
+        search_lib.run_search(_cfg(model_dir, model_dir=str(tmp_path / "missing")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="config.json does not exist"):
+        search_lib.run_search(_cfg(model_dir, model_dir=str(tmp_path / "empty")))
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match="config.json is unreadable"):
+        search_lib.run_search(_cfg(model_dir, model_dir=str(tmp_path / "corrupt")))
+    with pytest.raises(ValueError, match="holds space 'tiny'.*expected 'demo'"):
+        search_lib.run_search(_cfg(model_dir, space="demo"))
+    with pytest.raises(ValueError, match="needs a latency predictor"):
+        search_lib.run_search(_cfg(model_dir, latency_lut=None))
+    with pytest.raises(ValueError, match="does not overlap the FLOPs"):
+        search_lib.run_search(_cfg(model_dir, mflops_range=(50, 60)))
+    with pytest.raises(ValueError, match="oracle='grid'"):
+        _cfg(model_dir, oracle="grid")
+    assert not (model_dir / "runs").exists()  # nothing started
+
+
+def _run_binary(args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("KERASTUNER_ORACLE_IP", None)
+    return subprocess.run(
+        [sys.executable, "-m", "elasticvit_tf.search.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_binary_exit_code_2_on_infeasible_budget(model_dir):
+    r = _run_binary(
+        [
+            f"--model_dir={model_dir / 'model'}",
+            f"--latency_lut={model_dir / 'lut_fp32.json'}",
+            "--latency_budget_ms=1",
+            f"--directory={model_dir / 'runs_bad'}",
+        ]
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [line for line in r.stderr.splitlines() if line.startswith("elasticvit-search: error:")]
+    assert len(err) == 1 and "below the smallest subnet's predicted latency" in err[0]
+
+
+@pytest.mark.slow
+def test_end_to_end_search_on_a_tiny_supernet_writes_all_outputs(model_dir, tmp_path):
+    flagfile = tmp_path / "search.flags"
+    flagfile.write_text(
+        "\n".join(
+            [
+                f"--model_dir={model_dir / 'model'}",
+                f"--latency_lut={model_dir / 'lut_fp32.json'}",
+                "--latency_mode=fp32",
+                "--latency_budget_ms=9,15",
+                "--max_trials=10",
+                "--population=4",
+                "--calibration_batches=2",
+                "--eval_batches=2",
+                "--batch_size=16",
+                f"--directory={tmp_path / 'runs'}",
+                "--project_name=e2e",
+                f"--output_dir={tmp_path / 'out'}",
+            ]
+        )
+    )
+    r = _run_binary([f"--flagfile={flagfile}"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout[r.stdout.index("{") :])
+    assert summary["trials"] == 10 and summary["evaluations"] == 10
+    out = tmp_path / "out"
+    for name in ("pareto.json", "pareto.png", "report.md", "best_arch_9.json", "best_arch_15.json"):
+        assert (out / name).is_file(), name
+    pareto = json.loads((out / "pareto.json").read_text())
+    pts = pareto["points"]
+    assert len(pts) == 10 and pareto["latency_mode"] == "fp32"
+    for p in pts:
+        assert 0.0 <= p["top1"] <= 1.0 and p["latency_ms"] <= 15.0 and math.isfinite(p["mflops"])
+    xy = [(p["latency_ms"], p["top1"]) for p in pts]
+    for p, a in zip(pts, xy):
+        dominated = any(dominates(b, a) for b in xy)
+        assert p["on_front"] == (not dominated)
+    for budget in (9, 15):
+        best = json.loads((out / f"best_arch_{budget}.json").read_text())
+        fits = [p for p in pts if p["latency_ms"] <= budget]
+        assert best["metrics"]["top1"] == max(p["top1"] for p in fits)
+        assert best["metrics"]["latency_ms"] <= budget
+        get_space("tiny").validate_arch(
+            __import__("elasticvit_tf.arch", fromlist=["x"]).ArchConfig.from_dict(best["arch"])
+        )
+    assert "Pareto front" in (out / "report.md").read_text()
+    assert (tmp_path / "runs" / "e2e" / "search_config.json").is_file()
+    cache = json.loads((tmp_path / "runs" / "e2e" / "eval_cache_tuner0.json").read_text())
+    assert len(cache["results"]) == 10
