@@ -560,12 +560,21 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _parse_flags(argv):
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:  # absl would exit 1; bad input exits 2 here
+        sys.exit(_fail(str(e)))
+
+
 def run():
     """Console-script entry point (``elasticvit-convert``)."""
     from absl import app
 
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

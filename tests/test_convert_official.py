@@ -351,3 +351,5 @@ def test_binary_exit_codes(tmp_path):
     assert not (tmp_path / "no").exists()
     r = subprocess.run(cmd + [f"--model_dir={tmp_path / 'no'}"], capture_output=True, text=True)
     assert r.returncode == 2 and "--checkpoint is required" in r.stderr
+    r = subprocess.run(cmd + ["--num_classes=ten"], capture_output=True, text=True)
+    assert r.returncode == 2 and "num_classes" in r.stderr
