@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import numpy_reference as nr
 import pytest
-import tensorflow as tf
 
 from elasticvit_tf import convert_official as co
 from elasticvit_tf import model_dir as md
@@ -335,21 +334,22 @@ def test_binary_exit_codes(tmp_path):
     torch.save({"state_dict": sd}, good)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, "-m", "elasticvit_tf.convert_official", "--space=tiny"]
+
+    def run(*args):
+        return subprocess.run(
+            cmd + list(args), capture_output=True, text=True, env=env, check=False
+        )
+
     flagfile = tmp_path / "flags.txt"
     flagfile.write_text(f"--checkpoint={good}\n--model_dir={tmp_path / 'ok'}\n")
-    r = subprocess.run(cmd + [f"--flagfile={flagfile}"], capture_output=True, text=True, env=env)
+    r = run(f"--flagfile={flagfile}")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "converted" in r.stdout and (tmp_path / "ok" / "config.json").is_file()
-    r = subprocess.run(
-        cmd + [f"--checkpoint={flagfile}", f"--model_dir={tmp_path / 'no'}"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    r = run(f"--checkpoint={flagfile}", f"--model_dir={tmp_path / 'no'}")
     assert r.returncode == 2
     assert "flags.txt is not a readable PyTorch checkpoint" in r.stderr
     assert not (tmp_path / "no").exists()
-    r = subprocess.run(cmd + [f"--model_dir={tmp_path / 'no'}"], capture_output=True, text=True)
+    r = run(f"--model_dir={tmp_path / 'no'}")
     assert r.returncode == 2 and "--checkpoint is required" in r.stderr
-    r = subprocess.run(cmd + ["--num_classes=ten"], capture_output=True, text=True)
+    r = run("--num_classes=ten")
     assert r.returncode == 2 and "num_classes" in r.stderr
