@@ -329,11 +329,14 @@ def fit_calibration(sums: Sequence[float], wholes: Sequence[float]) -> tuple[flo
     ok = (w < 2 * s) & (w > 0.5 * s)
     if ok.any():
         s, w = s[ok], w[ok]
+    # NOTE: isolated blocks carry their own invoke overhead, so the constant may be negative,
+    # but never so negative that the smallest calibrated subnet would lose half its latency.
+    floor = -0.5 * float(np.min(s))
     if len(s) >= 5:
         a, b = np.polyfit(s, w, 1)
-        if 0.8 <= a <= 1.25:
+        if 0.8 <= a <= 1.25 and a * np.min(s) + b > 0.5 * np.min(s):
             return float(a), float(b)
-    return 1.0, float(np.median(w - s))
+    return 1.0, max(float(np.median(w - s)), floor)
 
 
 # ---------------------------------------------------------------------------- provenance

@@ -123,8 +123,11 @@ def test_fit_calibration():
     scale, const = lut_builder.fit_calibration(sums, [1.1 * s + 0.3 for s in sums])
     assert scale == pytest.approx(1.1) and const == pytest.approx(0.3)
     # A scale outside [0.8, 1.25] is not a "small correction": constant only.
-    scale, const = lut_builder.fit_calibration(sums, [2 * s for s in sums])
-    assert scale == 1.0 and const == pytest.approx(3.0)
+    scale, const = lut_builder.fit_calibration(sums, [1.9 * s for s in sums])
+    assert scale == 1.0 and const == pytest.approx(2.7)
+    # Disturbed subnets (whole > 2x its blocks) are left out; the constant has a floor.
+    assert lut_builder.fit_calibration([0.1, 0.4], [0.11, 5.4]) == (1.0, pytest.approx(0.01))
+    assert lut_builder.fit_calibration([1.0, 2.0], [0.6, 1.2]) == (1.0, pytest.approx(-0.5))
 
 
 def test_file_name_and_bad_input():
