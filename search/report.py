@@ -95,9 +95,9 @@ def plot_pareto(path: str, records, front_ids, budgets, x_label: str) -> None:
         fy = [100 * r["top1"] for r in front]
         ax.step(fx, fy, where="post", c="#d1495b", lw=1.2)
         ax.scatter(fx, fy, s=28, c="#d1495b", label=f"Pareto front ({len(front)})", zorder=3)
-    for b in budgets:
-        if b is not None:
-            ax.axvline(b, ls="--", lw=0.8, c="#30638e")
+    shown = [b for b in budgets if b is not None]
+    for i, b in enumerate(shown):
+        ax.axvline(b, ls="--", lw=0.8, c="#30638e", label="latency budgets" if i == 0 else None)
     ax.set_xlabel(x_label)
     ax.set_ylabel("top-1 on the search split (%)")
     ax.grid(alpha=0.3)

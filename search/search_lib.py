@@ -183,7 +183,20 @@ def memory_bank_archs(model_dir: str, space: SearchSpace) -> list[ArchConfig]:
         logger.info("checkpoint of %s holds no sampler state: population not seeded", model_dir)
         return []
     banks = state.get("banks", state) if isinstance(state, dict) else state
-    archs = [a for a in archs_in(banks) if space.contains(a)]
+    scored = []
+    if isinstance(banks, list):  # samplers' layout: one [[arch dict, score], ...] per level
+        for bank in banks:
+            for entry in bank if isinstance(bank, list) else ():
+                if isinstance(entry, (list, tuple)) and len(entry) == 2:
+                    found = list(archs_in(entry[0]))
+                    if found and isinstance(entry[1], (int, float)):
+                        scored.append((float(entry[1]), found[0]))
+    if scored:  # best bank score first: they open the population in this order
+        scored.sort(key=lambda sa: -sa[0])
+        archs = [a for _, a in scored]
+    else:
+        archs = list(archs_in(banks))
+    archs = [a for a in archs if space.contains(a)]
     logger.info("memory banks: %d archs seed the initial population", len(archs))
     return archs
 

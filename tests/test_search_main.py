@@ -161,3 +161,39 @@ def test_end_to_end_search_on_a_tiny_supernet_writes_all_outputs(model_dir, tmp_
     assert (tmp_path / "runs" / "e2e" / "search_config.json").is_file()
     cache = json.loads((tmp_path / "runs" / "e2e" / "eval_cache_tuner0.json").read_text())
     assert len(cache["results"]) == 10
+
+
+def test_memory_banks_seed_the_initial_population(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+    from search_fakes import FakePredictor, fake_top1
+
+    from elasticvit_tf import model_dir as md
+
+    space = get_space("tiny")
+    rng = np.random.default_rng(4)
+    banks = [[[space.sample(rng).to_dict(), -float(i + 3 * j)] for i in range(2)] for j in range(3)]
+    banks[1].append([get_space("demo").min_arch().to_dict(), 0.0])  # another space: skipped
+    mdir = tmp_path / "model"
+    md.write_config(str(mdir), md.space_config(space))
+    state = tf.Variable(json.dumps({"sampler": "elasticvit", "banks": banks}), dtype=tf.string)
+    md.checkpoint_manager(md.checkpoint_dir(str(mdir)), tf.train.Checkpoint(sampler=state)).save()
+    found = search_lib.memory_bank_archs(str(mdir), space)
+    want = [e[0] for e in sorted((e for b in banks for e in b[:2]), key=lambda e: -e[1])]
+    assert [a.to_dict() for a in found] == want  # best score first, foreign arch dropped
+
+    cfg = search_lib.SearchConfig(
+        model_dir=str(mdir),
+        latency_budgets_ms=(100.0,),
+        latency_lut="unused-with-an-injected-predictor",
+        max_trials=8,
+        population=8,
+        directory=str(tmp_path / "runs"),
+    )
+    result = search_lib.run_search(
+        cfg, evaluator=lambda a: fake_top1(space, a), predictor=FakePredictor(space)
+    )
+    assert result["trials"] == 8
+    pareto = json.loads((tmp_path / "runs" / "elasticvit_search" / "pareto.json").read_text())
+    first = [p["arch"] for p in sorted(pareto["points"], key=lambda p: p["trial_id"])][:6]
+    assert first == want
