@@ -55,6 +55,9 @@ def define_flags():
     )
     flags.DEFINE_integer("seed", 2026, "Held-out sampling seed (LUT calibration uses 0).")
     flags.DEFINE_string("output_dir", "benchmarks/results", "Where the JSON goes.")
+    flags.DEFINE_string(
+        "report_only", None, "Print the table of an earlier (possibly interrupted) run's JSON."
+    )
 
 
 def metrics(pred, true) -> dict:
@@ -239,6 +242,13 @@ def print_table(result):
 
 def main(argv):
     del argv
+    if FLAGS.report_only:
+        with open(FLAGS.report_only) as f:
+            result = json.load(f)
+        for rec in result["runs"]:
+            summarize(rec)
+        print_table(result)
+        return 0
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     prov = lut_builder.provenance("local", lut_builder.MeasureConfig(FLAGS.num_threads))
     day = prov["date"][:10].replace("-", "")
