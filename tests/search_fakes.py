@@ -171,7 +171,6 @@ def main(argv=None) -> int:
     return 0
 
 
-
 def fake_lut(space: SearchSpace, mode: str = "fp32") -> dict:
     """A minimal LUT JSON (search/latency.py format): one linear model per block kind."""
     from elasticvit_tf.latency_ops import OpKind
