@@ -14,7 +14,7 @@ import sys
 import time
 import zlib
 
-from elasticvit_tf.arch import ArchConfig, StageArch, StemArch
+from elasticvit_tf.arch import ArchConfig
 from elasticvit_tf.flops import count_flops
 from elasticvit_tf.space import SearchSpace, StageSpace, StemSpace, get_space
 

@@ -46,7 +46,7 @@ def test_evolution_finds_in_budget_optimum_and_beats_random(tmp_path):
     assert len(archs) == 2048
     lat = np.array([pred.predict(a) for a in archs])
     budget = float(np.percentile(lat, 40))
-    optimum = max(fake_top1(space, a) for a, l in zip(archs, lat) if l <= budget)
+    optimum = max(fake_top1(space, a) for a, ms in zip(archs, lat) if ms <= budget)
     assert optimum < max(fake_top1(space, a) for a in archs)  # the budget binds
     evo, rnd = [], []
     for seed in range(4):
