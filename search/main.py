@@ -102,6 +102,9 @@ def main(argv) -> int:
     except ValueError as e:
         print(f"elasticvit-search: error: {e}", file=sys.stderr)
         return 2
+    if result.get("trials") == 0 and result.get("stop_reason"):
+        print(f"elasticvit-search: error: {result['stop_reason']}", file=sys.stderr)
+        return 2
     summary = {k: v for k, v in result.items() if k not in ("best",)}
     summary["best"] = {
         str(b): (None if r is None else {k: r[k] for k in ("trial_id", "top1", "latency_ms")})

@@ -282,7 +282,9 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
             )
         predictor = load_latency_predictor(config, space)
     budget = max(config.latency_budgets_ms) if config.latency_budgets_ms else None
-    oracle_lib.check_feasible(space, predictor, budget, config.mflops_range)
+    # Every listed budget must admit the smallest subnet (a smaller one can never be met).
+    smallest_budget = min(config.latency_budgets_ms) if config.latency_budgets_ms else None
+    oracle_lib.check_feasible(space, predictor, smallest_budget, config.mflops_range)
 
     initial = []
     if (

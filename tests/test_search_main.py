@@ -59,6 +59,8 @@ def test_bad_inputs_have_clear_messages(model_dir, tmp_path):
     smallest = 3.93776  # fake LUT prediction of the tiny min arch (search_fakes.fake_lut)
     with pytest.raises(ValueError, match=r"below the smallest subnet's predicted latency 3.938"):
         search_lib.run_search(_cfg(model_dir, latency_budgets_ms=(1.0, smallest / 2)))
+    with pytest.raises(ValueError, match=r"latency budget 2 ms is below the smallest"):
+        search_lib.run_search(_cfg(model_dir, latency_budgets_ms=(2.0, 10 * smallest)))
     with pytest.raises(ValueError, match=r"lut_demo.json.*space 'demo'.*requested space 'tiny'"):
         search_lib.run_search(_cfg(model_dir, latency_lut=str(model_dir / "lut_demo.json")))
     with pytest.raises(ValueError, match=r"holds mode 'int8'.*'fp32' was requested"):
