@@ -193,7 +193,7 @@ def test_supernet_matches_reference_small_spaces(name):
     net = _net(name)
     co.assign_official_weights(net, sd)
     rng = np.random.default_rng(7)
-    archs = [sp.min_arch(), sp.max_arch()] + [sp.sample(rng) for _ in range(6)]
+    archs = [sp.min_arch(), sp.max_arch()] + [sp.sample(rng) for _ in range(10)]
     _compare(net, sd, archs)
     # an input size that differs from every resolution: in-model PyTorch bicubic resize
     _compare(net, sd, archs[:4], input_side=max(sp.resolutions) + 6, batch=1)
