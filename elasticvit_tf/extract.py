@@ -160,6 +160,8 @@ def _recalibrate_static(model, dataset, num_batches):
         if size[0] is not None:
             x = resize_images(x, size[0], "bicubic")
         feats = probe(x, training=True)
+        if not isinstance(feats, (list, tuple)):
+            feats = [feats]
         out = []
         for f in feats:
             axes = list(range(len(f.shape) - 1))
@@ -168,14 +170,12 @@ def _recalibrate_static(model, dataset, num_batches):
             out.append((mean, var * n / tf.maximum(n - 1.0, 1.0)))
         return out
 
-    saved = [[np.array(v) for v in (bn.moving_mean, bn.moving_variance)] for bn in bns]
     sums = None
     n = 0
     for x in _batches(dataset, num_batches):
         res = [(m.numpy().astype(np.float64), v.numpy().astype(np.float64)) for m, v in stats(x)]
         sums = res if sums is None else [(a + m, b + v) for (a, b), (m, v) in zip(sums, res)]
         n += 1
-    del saved
     for bn, (m, v) in zip(bns, sums):
         bn.moving_mean.assign((m / n).astype(np.float32))
         bn.moving_variance.assign((v / n).astype(np.float32))

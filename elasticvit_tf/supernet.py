@@ -17,6 +17,25 @@ Variable paths (Keras ``variable.path``), Cmax = stage max width::
   elastic_supernet/head/{pre,pre_bn,fc,classifier}/...
 
 (Only block 0 of each stage has ``shortcut``.) Layouts are documented on each block class.
+
+Official PyTorch tensor -> variable (spec §11 transposes: conv ``(2, 3, 1, 0)``, depthwise
+``(2, 3, 0, 1)``, linear ``.T``; BN ``weight/bias/running_mean/running_var`` ->
+``gamma/beta/moving_mean/moving_variance``; ``num_batches_tracked`` unused)::
+
+  first_conv.weight, first_conv_bn.*            -> first_conv/conv/kernel, first_conv/bn/*
+  conv_stem.layers.{j}.0.{dw_conv,dw_bn,pwl_conv,pwl_bn}
+                                                -> stem_block{j}/{dw,dw_bn,pwl,pwl_bn}
+  conv_stem.layers.{j}.0.shortcut_conv          -> unused (identity residual)
+  feature_exactor.{i}.layers.{j}.0.{pw_conv,pw_bn,dw_conv,dw_bn,se_conv1,se_conv2,pwl_conv,
+      pwl_bn,shortcut_conv}   (i = 0, 1)        -> stage{i}_block{j}/{pw,pw_bn,dw,dw_bn,se1,se2,
+                                                   pwl,pwl_bn,shortcut}  (shortcut: j = 0 only;
+                                                   j > 0 shortcut_conv unused)
+  feature_exactor.{i}.layers.{2j}.{attention_bias,qkv,proj,dw_v_conv,norm1,reduction.*}
+                                                -> stage{i}_layer{j}/{attention_bias,qkv,proj,
+                                                   dw_v,ln1,transition/*}
+  feature_exactor.{i}.layers.{2j}.relative_position_index -> unused (recomputed)
+  feature_exactor.{i}.layers.{2j+1}.{norm1,fc1,fc2} -> stage{i}_layer{j}/{ln2,fc1,fc2}
+  pre_head_0, pre_head_norm_0, pre_head_1, classifer -> head/{pre,pre_bn,fc,classifier}
 """
 
 from __future__ import annotations
