@@ -53,6 +53,9 @@ def define_flags():
     flags.DEFINE_list(
         "prior_luts", [], "Earlier LUT JSONs whose measured blocks the new build keeps."
     )
+    flags.DEFINE_enum(
+        "clock", "wall", ["wall", "cpu"], "wall latency, or 1-thread CPU time (shared CPUs)."
+    )
     flags.DEFINE_integer("seed", 2026, "Held-out sampling seed (LUT calibration uses 0).")
     flags.DEFINE_string("output_dir", "benchmarks/results", "Where the JSON goes.")
     flags.DEFINE_string(
@@ -115,6 +118,7 @@ def get_lut(space, mode, budget_s, log):
         output_path=FLAGS.lut_dir or os.path.join(FLAGS.output_dir, "luts"),
         num_calibration=FLAGS.num_calibration,
         log=log,
+        clock=FLAGS.clock,
     )[mode]
     return out["lut"], out["path"]
 
@@ -154,7 +158,9 @@ def run_one(space, mode, result, save):
             f.write(tfl)
         files.append(path)
         sess = [
-            lut_builder.time_tflite(tfl, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s)
+            lut_builder.time_tflite(
+                tfl, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s, FLAGS.clock
+            )
             for _ in range(FLAGS.repeats)
         ]
         st = min(sess, key=lambda r: r["median_ms"])
@@ -182,7 +188,7 @@ def run_one(space, mode, result, save):
         for s, path in zip(rec["subnets"], files):
             with open(path, "rb") as f:
                 st = lut_builder.time_tflite(
-                    f.read(), cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s
+                    f.read(), cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s, FLAGS.clock
                 )
             s["sessions_ms"].append(st["median_ms"])
             s["within_cv"].append(st["robust_cv"])
@@ -271,6 +277,7 @@ def main(argv):
                 "warmup",
                 "lut_budget_s",
                 "num_calibration",
+                "clock",
                 "seed",
             )
         },

@@ -146,6 +146,10 @@ def test_file_name_and_bad_input():
         lut_builder.build_lut(space, budget_s=0)
     with pytest.raises(ValueError, match="num_threads"):
         lut_builder.build_lut(space, num_threads=0)
+    with pytest.raises(ValueError, match="clock='cpu'"):
+        lut_builder.build_lut(space, num_threads=2, clock="cpu")
+    with pytest.raises(ValueError, match="clock='gpu'"):
+        lut_builder.build_lut(space, clock="gpu")
 
 
 @pytest.mark.slow
@@ -169,6 +173,10 @@ def test_real_blocks_convert_builtin_only_and_time(tmp_path):
             assert schema.BuiltinOperator.QUANTIZE in codes
         st = lut_builder.time_tflite(tfl, num_threads=1, warmup=2, runs=5)
         assert st["median_ms"] > 0 and st["runs"] >= 5
+        cpu = lut_builder.time_tflite(tfl, num_threads=1, warmup=2, runs=5, clock="cpu")
+        assert cpu["median_ms"] > 0
+        with pytest.raises(ValueError, match="num_threads=1"):
+            lut_builder.time_tflite(tfl, num_threads=2, clock="cpu")
 
 
 def test_binary_bad_input_exits_2_with_one_line(tmp_path):
