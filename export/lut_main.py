@@ -29,6 +29,13 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "num_calibration", 3, "Whole subnets measured per mode for the constant.", lower_bound=1
     )
+    flags.DEFINE_enum(
+        "clock",
+        "wall",
+        ["wall", "cpu"],
+        "wall: latency. cpu: the inference thread's CPU time (1 thread, local), which stays "
+        "right on a shared, overloaded CPU.",
+    )
     flags.DEFINE_integer("seed", 0, "Design / calibration seed.")
     flags.DEFINE_string("output_dir", "luts", "Directory the LUT JSON files go to.")
 
@@ -54,6 +61,7 @@ def main(argv) -> int:
             num_calibration=FLAGS.num_calibration,
             seed=FLAGS.seed,
             benchmark_model_path=FLAGS.benchmark_model_path,
+            clock=FLAGS.clock,
         )
     except ValueError as e:
         print(f"elasticvit-lut: error: {e}", file=sys.stderr)
