@@ -276,6 +276,12 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
                     batch_size=cfg.qat_batch_size,
                     int8_io=cfg.int8_io,
                     seed=cfg.seed,
+                    eval_images=eval_x[:32],
+                )
+                rebuilt = np.asarray(qat_log.pop("float_rebuild_logits"), np.float32)
+                # The tf_keras rebuild must be the same network before fake-quant fine-tuning.
+                qat_log["float_rebuild_max_abs_error"] = float(
+                    np.max(np.abs(rebuilt.reshape(len(rebuilt), -1) - ref_logits[:32]))
                 )
             else:
                 data = tflite_lib.convert(

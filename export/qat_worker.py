@@ -7,7 +7,7 @@ writes a work directory and starts `python -m elasticvit_tf.export.qat_worker --
     DIR/model.json      the Keras 3 functional model config (`model.get_config()`)
     DIR/weights.npz     `"<layer name>/<i>"` -> i-th weight of that layer (`layer.get_weights()`)
     DIR/data.npz        train_x, train_y (fine-tuning batches), rep_x (calibration images),
-                        eval_x (optional: images to report float-vs-QAT logits on)
+                        eval_x (optional: images the float tf_keras rebuild is run on, for checking)
     DIR/options.json    {"steps", "batch_size", "learning_rate", "int8_io", "seed"}
 
 It rebuilds the graph layer by layer in tf_keras (standard layers by class name, Keras 3 ops and
@@ -348,6 +348,52 @@ def _refs(obj):
     return [list(obj)]
 
 
+def calibrate_ranges(qat_model, images: np.ndarray, batch_size: int = 16) -> int:
+    """Initialises every moving-average activation range from data before fine-tuning.
+
+    tfmot starts activation ranges at [-6, 6] and moves them with an EMA of decay 0.999, so
+    a short fine-tune keeps ranges far too wide: small activations (e.g. the pooled features of
+    a freshly initialised net) then quantize to 0 and the whole output collapses. This runs
+    forward passes where the EMA becomes a running mean of the batch min/max (decay i/(i+1)),
+    like TFLite's PTQ calibration. Returns the number of batches used.
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops, quantizers
+
+    cls = quantizers.MovingAverageQuantizer
+    original = cls.__call__
+    state = {"decay": 0.0}
+
+    def calibrating_call(self, inputs, training, weights, **kwargs):
+        return quant_ops.MovingAvgQuantize(
+            inputs,
+            weights["min_var"],
+            weights["max_var"],
+            ema_decay=state["decay"],
+            is_training=True,
+            num_bits=self.num_bits,
+            per_channel=self.per_axis,
+            symmetric=self.symmetric,
+            narrow_range=self.narrow_range,
+        )
+
+    # NOTE: the passes run in training mode (in inference mode the wrappers' first call left
+    # the ranges untouched here); every other variable (BN moving statistics) is restored after.
+    others = [v for v in qat_model.weights if not v.name.split(":")[0].endswith(("_min", "_max"))]
+    saved = [v.numpy() for v in others]
+    n = 0
+    cls.__call__ = calibrating_call
+    try:
+        for i in range(0, len(images), batch_size):
+            state["decay"] = n / (n + 1.0)
+            qat_model(images[i : i + batch_size], training=True)
+            n += 1
+    finally:
+        cls.__call__ = original
+        for v, value in zip(others, saved):
+            v.assign(value)
+    return n
+
+
 def run(workdir: str) -> dict[str, Any]:
     """Runs QAT in `workdir` (see the module docstring); returns the log dict."""
     import tensorflow as tf
@@ -365,10 +411,15 @@ def run(workdir: str) -> dict[str, Any]:
     data = dict(np.load(os.path.join(workdir, "data.npz")))
     tf.random.set_seed(int(opts.get("seed", 0)))
 
+    log: dict[str, Any] = {}
+    if "eval_x" in data:
+        float_model, _ = rebuild_tf_keras(config, weights, annotate=False)
+        ref = float_model.predict(data["eval_x"], verbose=0)
+        log["float_rebuild_logits"] = np.asarray(ref, np.float64).tolist()
     model, custom = rebuild_tf_keras(config, weights, annotate=True)
-    float_model, _ = rebuild_tf_keras(config, weights, annotate=False)
     with tfmot.quantization.keras.quantize_scope(custom):
         qat_model = tfmot.quantization.keras.quantize_apply(model)
+    log["calibration_batches"] = calibrate_ranges(qat_model, data["rep_x"])
     qat_model.compile(
         optimizer=tf_keras.optimizers.Adam(float(opts.get("learning_rate", 1e-4))),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -393,17 +444,16 @@ def run(workdir: str) -> dict[str, Any]:
     ops = check_builtin_only(tflite_bytes)
     with open(os.path.join(workdir, "model_qat.tflite"), "wb") as f:
         f.write(tflite_bytes)
-    log = {
-        "steps": steps,
-        "batch_size": bs,
-        "losses": losses,
-        "ops": ops,
-        "seconds": time.time() - t0,
-        "tfmot": tfmot.__version__ if hasattr(tfmot, "__version__") else "unknown",
-    }
-    if "eval_x" in data:
-        ref = float_model.predict(data["eval_x"], verbose=0)
-        log["float_rebuild_logits_sample"] = np.asarray(ref[:2]).tolist()
+    log.update(
+        {
+            "steps": steps,
+            "batch_size": bs,
+            "losses": losses,
+            "ops": ops,
+            "seconds": time.time() - t0,
+            "tfmot": getattr(tfmot, "__version__", "unknown"),
+        }
+    )
     with open(os.path.join(workdir, "qat_log.json"), "w") as f:
         json.dump(log, f)
     return log

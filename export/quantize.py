@@ -124,6 +124,7 @@ def run_qat(
     seed: int = 0,
     timeout_s: float = 3600.0,
     workdir: str | None = None,
+    eval_images: np.ndarray | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Quantization-aware fine-tuning + int8 conversion in a separate legacy-Keras process.
 
@@ -136,6 +137,8 @@ def run_qat(
         int8_io: "float" or "int8" model input/output.
         timeout_s: kill the worker after this long.
         workdir: where to write the exchange files (a temp dir, removed, when None).
+        eval_images: optional images; the log then holds `float_rebuild_logits`, the outputs
+            of the worker's float tf_keras rebuild (to check the rebuild against Keras).
 
     Returns:
         (tflite bytes, worker log dict with the losses, op counts and seconds).
@@ -154,12 +157,14 @@ def run_qat(
         wd = workdir or tmp
         os.makedirs(wd, exist_ok=True)
         save_model_for_worker(model, wd)
-        np.savez(
-            os.path.join(wd, "data.npz"),
+        arrays = dict(
             train_x=np.asarray(train_images, np.float32),
             train_y=np.asarray(train_labels, np.int64),
             rep_x=np.asarray(representative_images, np.float32),
         )
+        if eval_images is not None:
+            arrays["eval_x"] = np.asarray(eval_images, np.float32)
+        np.savez(os.path.join(wd, "data.npz"), **arrays)
         with open(os.path.join(wd, "options.json"), "w") as f:
             json.dump(
                 {
