@@ -58,9 +58,13 @@ def define_flags():
     )
     flags.DEFINE_integer("seed", 2026, "Held-out sampling seed (LUT calibration uses 0).")
     flags.DEFINE_string("output_dir", "benchmarks/results", "Where the JSON goes.")
-    flags.DEFINE_string(
-        "report_only", None, "Print the table of an earlier (possibly interrupted) run's JSON."
+    flags.DEFINE_list(
+        "report_only",
+        [],
+        "Print the table of earlier (possibly interrupted) runs' JSON files; runs of the same "
+        "space, mode and LUT are merged (e.g. shards with different --seed).",
     )
+    flags.DEFINE_string("tag", "", "Suffix of the output file name (e.g. a shard name).")
 
 
 def metrics(pred, true) -> dict:
@@ -249,8 +253,16 @@ def print_table(result):
 def main(argv):
     del argv
     if FLAGS.report_only:
-        with open(FLAGS.report_only) as f:
-            result = json.load(f)
+        merged = {}
+        for path in FLAGS.report_only:
+            with open(path) as f:
+                for rec in json.load(f)["runs"]:
+                    key = (rec["space"], rec["mode"], rec["lut_path"])
+                    if key in merged:
+                        merged[key]["subnets"] += rec["subnets"]
+                    else:
+                        merged[key] = rec
+        result = {"runs": list(merged.values())}
         for rec in result["runs"]:
             summarize(rec)
         print_table(result)
@@ -261,7 +273,7 @@ def main(argv):
     out = os.path.join(
         FLAGS.output_dir,
         f"latency_predictor_{'-'.join(FLAGS.spaces)}_{'-'.join(FLAGS.modes)}_local_t"
-        f"{FLAGS.num_threads}_{platform.node()}_{day}.json",
+        f"{FLAGS.num_threads}_{platform.node()}_{day}{FLAGS.tag and '_' + FLAGS.tag}.json",
     )
     result = {
         "benchmark": "latency_predictor",
