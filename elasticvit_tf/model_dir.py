@@ -191,14 +191,27 @@ class EmaWeights(tf.Module):
 
     Args:
         source_variables: the weights to shadow, usually ``ema_source_variables(net)``.
+        aggregation: ``"none"`` or ``"only_first_replica"`` (lets a train step running in a
+            replica context update mirrored shadows).
     """
 
-    def __init__(self, source_variables: Sequence, name: str = "ema"):
+    def __init__(self, source_variables: Sequence, name: str = "ema", aggregation: str = "none"):
         super().__init__(name=name)
+        aggregations = {
+            "none": tf.VariableAggregation.NONE,
+            "only_first_replica": tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        }
+        if aggregation not in aggregations:
+            raise ValueError(f"aggregation={aggregation!r}; expected one of {list(aggregations)}")
         self.source_variables = list(source_variables)
         with self.name_scope:
             self.shadow = [
-                tf.Variable(tf.convert_to_tensor(v.value), trainable=False, name=f"shadow_{i}")
+                tf.Variable(
+                    tf.convert_to_tensor(v.value),
+                    trainable=False,
+                    name=f"shadow_{i}",
+                    aggregation=aggregations[aggregation],
+                )
                 for i, v in enumerate(self.source_variables)
             ]
 

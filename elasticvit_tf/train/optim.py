@@ -1,0 +1,221 @@
+"""Optimisation recipe (spec §6.4): AdamW with selective weight decay, warm-up + cosine LR,
+adaptive gradient clipping (AGC) and an EMA of the weights.
+
+Differences from the official recipe, on purpose:
+
+* The LR schedule is stepped per optimizer step, not per epoch (same shape: linear warm-up from
+  ``warmup_lr`` to ``base_lr``, then ``min_lr + (base_lr - min_lr)(1 + cos(pi t / T)) / 2``
+  with t counted from step 0, NOT shifted by the warm-up as in timm, then a cool-down at
+  ``min_lr``).
+* AGC and the optimizer see the gradient averaged over replicas (the official DDP code clips
+  the all-reduced gradient too); see ``recipe.SupernetTrainer``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Official values (spec §6.4), for a global batch of LR_REFERENCE_BATCH images.
+OFFICIAL_BASE_LR = 5e-4
+OFFICIAL_MIN_LR = 5e-6
+OFFICIAL_WARMUP_LR = 1e-6
+LR_REFERENCE_BATCH = 512
+OFFICIAL_WEIGHT_DECAY = 0.05
+OFFICIAL_EMA_DECAY = 0.99985
+AGC_CLIP = 0.1
+AGC_EPS = 1e-3
+
+
+def scale_lr(lr: float, global_batch_size: int, reference_batch: int = LR_REFERENCE_BATCH) -> float:
+    """Linear scaling rule ``lr * global_batch / reference`` (``reference <= 0``: unscaled)."""
+    if reference_batch <= 0:
+        return float(lr)
+    return float(lr) * global_batch_size / reference_batch
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, cosine decay, then a constant cool-down (per step).
+
+    Args:
+        base_lr: peak learning rate.
+        total_steps: length of the whole schedule (warm-up and cool-down included).
+        warmup_steps: steps of linear warm-up from ``warmup_lr`` to ``base_lr``.
+        warmup_lr: learning rate at step 0.
+        min_lr: floor of the cosine and the cool-down learning rate.
+        cooldown_steps: final steps held at ``min_lr``.
+    """
+
+    def __init__(
+        self,
+        base_lr: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        warmup_lr: float = 0.0,
+        min_lr: float = 0.0,
+        cooldown_steps: int = 0,
+    ):
+        if total_steps < 1 or warmup_steps < 0 or cooldown_steps < 0:
+            raise ValueError(
+                f"WarmupCosine: total_steps={total_steps}, warmup_steps={warmup_steps}, "
+                f"cooldown_steps={cooldown_steps}; expected total >= 1 and the others >= 0"
+            )
+        if warmup_steps + cooldown_steps >= total_steps and total_steps > 1:
+            raise ValueError(
+                f"WarmupCosine: warmup_steps ({warmup_steps}) + cooldown_steps "
+                f"({cooldown_steps}) must be < total_steps ({total_steps})"
+            )
+        self.base_lr = float(base_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_lr = float(warmup_lr)
+        self.min_lr = float(min_lr)
+        self.cooldown_steps = int(cooldown_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        base, lo = self.base_lr, self.min_lr
+        cos_len = float(max(self.total_steps - self.cooldown_steps, 1))
+        t = tf.minimum(step, cos_len)
+        cosine = lo + 0.5 * (base - lo) * (1.0 + tf.cos(math.pi * t / cos_len))
+        if self.warmup_steps > 0:
+            warm = self.warmup_lr + step * (base - self.warmup_lr) / self.warmup_steps
+            return tf.where(step < self.warmup_steps, warm, cosine)
+        return cosine
+
+    def value(self, step: int) -> float:
+        """Pure-Python value at ``step`` (for logs and tests)."""
+        cos_len = max(self.total_steps - self.cooldown_steps, 1)
+        if step < self.warmup_steps:
+            return self.warmup_lr + step * (self.base_lr - self.warmup_lr) / self.warmup_steps
+        t = min(step, cos_len)
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (
+            1 + math.cos(math.pi * t / cos_len)
+        )
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "warmup_lr": self.warmup_lr,
+            "min_lr": self.min_lr,
+            "cooldown_steps": self.cooldown_steps,
+        }
+
+
+# ------------------------------------------------------------------------------ weight decay
+def split_weight_decay(net) -> tuple[list, list]:
+    """``(decay, no_decay)`` lists of the supernet's trainable variables (spec §6.4).
+
+    The decay set comes from ``net.weight_decay_variables()`` (transformer linears, relative
+    position tables, V depthwise convs, head linears, classifier); everything else trainable
+    (MBConvs, first conv, norms, biases) is not decayed.
+    """
+    decay_ids = {id(v) for v in net.weight_decay_variables()}
+    decay, no_decay = [], []
+    for v in net.trainable_variables:
+        (decay if id(v) in decay_ids else no_decay).append(v)
+    return decay, no_decay
+
+
+def make_optimizer(
+    net,
+    learning_rate,
+    weight_decay: float = OFFICIAL_WEIGHT_DECAY,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-8,
+) -> keras.optimizers.AdamW:
+    """AdamW that decays only ``net.weight_decay_variables()``; built on the net's variables."""
+    opt = keras.optimizers.AdamW(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        beta_1=beta_1,
+        beta_2=beta_2,
+        epsilon=epsilon,
+    )
+    _, no_decay = split_weight_decay(net)
+    if no_decay:
+        opt.exclude_from_weight_decay(var_list=no_decay)
+    opt.build(net.trainable_variables)
+    return opt
+
+
+# ------------------------------------------------------------------------------ AGC
+def unit_axis(shape: Sequence[int]) -> Optional[int]:
+    """Output-unit axis of a Keras weight (None: the tensor is one unit).
+
+    Keras kernels keep outputs last (conv ``[kh, kw, in, out]``, dense ``[in, out]``,
+    relative-position table ``[N, heads]``); a depthwise kernel ``[kh, kw, C, 1]`` has its
+    units on axis 2. These are PyTorch's dim-0 units used by timm's ``unitwise_norm``.
+    """
+    rank = len(shape)
+    if rank <= 1:
+        return None
+    if rank == 4 and shape[-1] == 1:
+        return 2
+    return rank - 1
+
+
+def unitwise_norm(x, axis: Optional[int]):
+    """L2 norm per output unit, broadcastable to ``x`` (whole-tensor norm when axis is None)."""
+    if axis is None:
+        return tf.norm(x)
+    reduce = [i for i in range(len(x.shape)) if i != axis]
+    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=reduce, keepdims=True))
+
+
+def adaptive_clip_gradients(grads, variables, clip: float = AGC_CLIP, eps: float = AGC_EPS):
+    """Unit-wise AGC (Brock et al. 2021; timm ``adaptive_clip_grad``).
+
+    Per unit: ``max_norm = clip * max(||w||, eps)``; a gradient whose norm exceeds it is
+    rescaled to exactly ``max_norm``; others pass unchanged.
+    """
+    out = []
+    for g, v in zip(grads, variables):
+        if g is None:
+            out.append(None)
+            continue
+        w = tf.convert_to_tensor(v)
+        axis = unit_axis(tuple(w.shape))
+        max_norm = clip * tf.maximum(unitwise_norm(w, axis), eps)
+        g_norm = unitwise_norm(g, axis)
+        clipped = g * (max_norm / tf.maximum(g_norm, 1e-6))
+        out.append(tf.where(g_norm < max_norm, g, clipped))
+    return out
+
+
+# ------------------------------------------------------------------------------ EMA
+def ema_decay_at(decay: float, num_updates=None, warmup: bool = False):
+    """The decay used at an update; with ``warmup`` min(decay, (1 + n) / (10 + n)) as
+    ``tf.train.ExponentialMovingAverage(num_updates=n)`` (short runs track the live weights)."""
+    if not warmup or num_updates is None:
+        return tf.constant(decay, tf.float32)
+    n = tf.cast(num_updates, tf.float32)
+    return tf.minimum(tf.constant(decay, tf.float32), (1.0 + n) / (10.0 + n))
+
+
+def ema_update(shadows, variables, decay) -> None:
+    """``shadow <- decay * shadow + (1 - decay) * live`` for every pair."""
+    for s, v in zip(shadows, variables):
+        live = tf.convert_to_tensor(v)
+        d = tf.cast(decay, s.dtype)
+        s.assign(d * s + (1.0 - d) * tf.cast(live, s.dtype))
+
+
+# ------------------------------------------------------------------------------ diagnostics
+def flat_cosine(a: Sequence, b: Sequence):
+    """Cosine similarity of two gradient lists seen as one flat vector each."""
+    dot, na, nb = 0.0, 0.0, 0.0
+    for x, y in zip(a, b):
+        if x is None or y is None:
+            continue
+        dot += tf.reduce_sum(x * y)
+        na += tf.reduce_sum(x * x)
+        nb += tf.reduce_sum(y * y)
+    return dot / tf.maximum(tf.sqrt(na) * tf.sqrt(nb), 1e-12)

@@ -1,0 +1,301 @@
+"""The multi-subnet training step (spec §6.1) as a Keras model used by ``model.fit``.
+
+``SupernetTrainer`` wraps an ``ElasticSupernet`` whose arch slots were written on the host by
+``SamplerCallback`` before the batch. One ``train_step``:
+
+1. (optional) the frozen teacher ensemble predicts ``p_T = mean_t softmax(z_t / T)``;
+2. for every slot ``i``: forward at the slot's resolution, the slot's loss, gradients of that
+   loss (summed over slots):
+
+   * the LAST slot, when the sampler's last role is ``"min"``: adaptive alpha-divergence
+     against the mean of the other slots' (stopped) probabilities;
+   * every other slot: soft-target CE against ``p_T`` with teachers, else label-smoothed CE;
+
+3. the summed gradient is averaged over replicas, clipped with unit-wise AGC, and applied once
+   by AdamW (selective weight decay, warm-up + cosine LR);
+4. the EMA shadow weights are updated.
+
+The step returns per-batch values (not running means): ``ce_slot{i}`` (hard-label CE of slot
+``i`` on the batch, the memory-bank score), ``loss_slot{i}``, ``loss`` and ``lr``; with
+``grad_cosine`` also ``grad_cos`` (mean cosine of consecutive slots' gradients) and
+``grad_cos_step`` (cosine between this step's and the previous step's update direction).
+
+The archs are read from int32 variables inside the graph, so one trace serves every subnet;
+only a change of the role layout (whether the last slot distils) needs a new trace.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from elasticvit_tf import losses
+from elasticvit_tf.model_dir import EmaWeights, ema_source_variables
+from elasticvit_tf.train import optim
+
+
+class SupernetTrainer(keras.Model):
+    """Trains an ``ElasticSupernet`` with several subnets per step.
+
+    Args:
+        net: the supernet (built).
+        teachers: frozen Keras classifiers with the same classes (ensemble mean); may be empty.
+        teacher_temperature: temperature applied to the teachers' logits only (official 0.2).
+        label_smoothing: label smoothing of the CE used for non-distilled slots without teachers.
+        agc_clip: AGC clip factor (0 disables AGC).
+        agc_eps: AGC floor on the weight norm.
+        ema_decay: EMA decay (0 disables the EMA).
+        ema_warmup: use ``min(decay, (1 + n) / (10 + n))`` at update ``n``.
+        grad_cosine: compute the gradient-conflict diagnostics.
+    """
+
+    def __init__(
+        self,
+        net,
+        teachers: Sequence[keras.Model] = (),
+        teacher_temperature: float = 0.2,
+        label_smoothing: float = 0.0,
+        agc_clip: float = optim.AGC_CLIP,
+        agc_eps: float = optim.AGC_EPS,
+        ema_decay: float = optim.OFFICIAL_EMA_DECAY,
+        ema_warmup: bool = False,
+        grad_cosine: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.net = net
+        self.teachers = list(teachers)
+        self.teacher_temperature = float(teacher_temperature)
+        self.label_smoothing = float(label_smoothing)
+        self.agc_clip = float(agc_clip)
+        self.agc_eps = float(agc_eps)
+        self.ema_decay = float(ema_decay)
+        self.ema_warmup = bool(ema_warmup)
+        self.grad_cosine = bool(grad_cosine)
+        self.num_slots = int(net.num_slots)
+        _allow_tensor_slot(net)
+        self.distill_last = True
+        self.trace_count = 0  # Python side effect: counts traces of train_step
+        for t in self.teachers:
+            t.trainable = False
+        self.ema = (
+            EmaWeights(ema_source_variables(net), aggregation="only_first_replica")
+            if self.ema_decay > 0
+            else None
+        )
+        self._prev_update = None
+        if self.grad_cosine:
+            self._prev_update = [
+                tf.Variable(
+                    tf.zeros(v.shape, v.dtype),
+                    trainable=False,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                    name=f"prev_update_{i}",
+                )
+                for i, v in enumerate(net.trainable_variables)
+            ]
+        self.top1 = keras.metrics.SparseCategoricalAccuracy(name="top1")
+        self.built = True
+
+    # ------------------------------------------------------------------------------ roles
+    def set_roles(self, roles: Sequence[str]) -> None:
+        """Records the sampler's role layout (fixed per sampler: traced once)."""
+        roles = tuple(roles)
+        if len(roles) != self.num_slots:
+            raise ValueError(
+                f"the sampler yields {len(roles)} subnets per step but the supernet has "
+                f"num_slots={self.num_slots}; expected equal"
+            )
+        self.distill_last = self.num_slots > 1 and roles[-1] == "min"
+
+    @property
+    def metrics(self):
+        return [self.top1]
+
+    def call(self, inputs, training=False, slot=0):
+        return self.net(inputs, training=training, slot=slot)
+
+    # ------------------------------------------------------------------------------ losses
+    def _teacher_probs(self, images):
+        logits = []
+        for t in self.teachers:
+            x = images
+            shape = t.inputs[0].shape if getattr(t, "inputs", None) else None
+            if shape is not None and shape[1] is not None and shape[1] != images.shape[1]:
+                x = tf.image.resize(images, (shape[1], shape[2]), method="bicubic")
+            logits.append(tf.cast(t(x, training=False), tf.float32))
+        return tf.stop_gradient(losses.teacher_probs(logits, self.teacher_temperature))
+
+    # ------------------------------------------------------------------------------ step
+    def _slot_loss(self, is_distill, logits, labels, teacher, prob_sum):
+        def base():
+            if teacher is not None:
+                return losses.soft_target_cross_entropy(teacher, logits)
+            return losses.label_smoothed_cross_entropy(labels, logits, self.label_smoothing)
+
+        if not self.distill_last:
+            return base()
+
+        def distill():
+            target = tf.stop_gradient(prob_sum / float(self.num_slots - 1))
+            return losses.adaptive_alpha_divergence(logits, target)
+
+        return tf.cond(is_distill, distill, base)
+
+    def train_step(self, data):
+        self.trace_count += 1
+        images, labels = data[0], data[1]
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        variables = self.net.trainable_variables
+        ctx = tf.distribute.get_replica_context()
+        n_rep = float(ctx.num_replicas_in_sync)
+        teacher = self._teacher_probs(images) if self.teachers else None
+        num_classes = self.net.num_classes
+        last = self.num_slots - 1
+
+        # NOTE: the slots run in a tf.while_loop with the slot index as a tensor, so the
+        # supernet forward/backward is traced once instead of once per slot (tracing and graph
+        # optimisation of the dynamic supernet dominate start-up time on CPU).
+        def body(i, total, prev, prob_sum, cos_sum, ce_arr, loss_arr):
+            is_distill = tf.logical_and(tf.constant(self.distill_last), tf.equal(i, last))
+            with tf.GradientTape() as tape:
+                logits = tf.cast(self.net(images, training=True, slot=i), tf.float32)
+                loss = self._slot_loss(is_distill, logits, labels, teacher, prob_sum)
+                scaled = loss / n_rep
+            grads = tape.gradient(scaled, variables)
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+            keep = tf.cast(tf.logical_not(is_distill), tf.float32)
+            prob_sum = prob_sum + keep * tf.stop_gradient(tf.nn.softmax(logits))
+            ce = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            )
+            if self.grad_cosine:
+                cos = optim.flat_cosine(prev, grads)
+                cos_sum = cos_sum + tf.where(i > 0, cos, 0.0)
+                prev = grads
+            total = [a + g for a, g in zip(total, grads)]
+            return (
+                i + 1,
+                total,
+                prev,
+                prob_sum,
+                cos_sum,
+                ce_arr.write(i, ce),
+                loss_arr.write(i, loss),
+            )
+
+        zeros = [tf.zeros(v.shape, v.dtype) for v in variables]
+        batch = tf.shape(images)[0]
+        loop_vars = (
+            tf.constant(0),
+            zeros,
+            zeros if self.grad_cosine else [],
+            tf.zeros([batch, num_classes], tf.float32),
+            tf.constant(0.0),
+            tf.TensorArray(tf.float32, size=self.num_slots),
+            tf.TensorArray(tf.float32, size=self.num_slots),
+        )
+        _, total, _, _, cos_sum, ce_arr, loss_arr = tf.while_loop(
+            lambda i, *_: i < self.num_slots, body, loop_vars, parallel_iterations=1
+        )
+        ces, slot_losses = ce_arr.stack(), loss_arr.stack()
+        logs = {}
+        for slot in range(self.num_slots):
+            logs[f"ce_slot{slot}"] = ces[slot]
+            logs[f"loss_slot{slot}"] = slot_losses[slot]
+
+        # Average over replicas here so AGC sees the global gradient (as DDP + timm do).
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total)
+        if self.grad_cosine:
+            logs["grad_cos"] = cos_sum / max(self.num_slots - 1, 1)
+            logs["grad_cos_step"] = optim.flat_cosine(total, self._prev_update)
+            for p, g in zip(self._prev_update, total):
+                p.assign(g)
+        if self.agc_clip > 0:
+            total = optim.adaptive_clip_gradients(total, variables, self.agc_clip, self.agc_eps)
+        # NOTE: Keras sums gradients over replicas again inside apply_gradients; dividing the
+        # (identical) averaged gradient by the replica count first makes that sum the average.
+        self.optimizer.apply_gradients(zip([g / n_rep for g in total], variables))
+        if self.ema is not None:
+            decay = optim.ema_decay_at(
+                self.ema_decay, self.optimizer.iterations, warmup=self.ema_warmup
+            )
+            optim.ema_update(self.ema.shadow, self.ema.source_variables, decay)
+        logs["loss"] = tf.reduce_sum(slot_losses)
+        logs["lr"] = tf.cast(self.optimizer.learning_rate, tf.float32)
+        return logs
+
+    def test_step(self, data):
+        images, labels = data[0], data[1]
+        logits = self.net(images, training=False, slot=0)
+        self.top1.update_state(tf.reshape(labels, [-1]), logits)
+        return {"top1": self.top1.result()}
+
+
+def _allow_tensor_slot(net) -> None:
+    """Lets ``net(x, slot=t)`` take a scalar int32 tensor ``t`` (the supernet validates Python
+    ints only; a tensor slot simply indexes the arch variable in the graph)."""
+    check = net._check_slot
+    if getattr(check, "_accepts_tensors", False):
+        return
+
+    def _check_slot(slot):
+        return slot if tf.is_tensor(slot) else check(slot)
+
+    _check_slot._accepts_tensors = True
+    net._check_slot = _check_slot
+
+
+def load_teachers(spec: str, num_classes: int) -> list:
+    """Teachers from ``--teacher``: comma-separated ``.keras`` files or ``keras.applications``
+    names (ImageNet weights; needs the internet or a populated Keras cache).
+
+    Every teacher must output ``num_classes`` logits (a softmax output layer is undone by the
+    caller's temperature only approximately; give logits models).
+    """
+    if not spec:
+        return []
+    teachers = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        if item.endswith(".keras") or item.endswith(".h5"):
+            try:
+                model = keras.models.load_model(item, compile=False)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"--teacher {item!r}: cannot load the model: {e}") from None
+        else:
+            model = _application_teacher(item)
+        out = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
+        if out is not None and out != num_classes:
+            raise ValueError(
+                f"--teacher {item!r} outputs {out} classes; the data set has {num_classes}"
+            )
+        teachers.append(model)
+    return teachers
+
+
+def _application_teacher(name: str) -> keras.Model:
+    ctor = getattr(keras.applications, name, None)
+    if ctor is None or not callable(ctor):
+        raise ValueError(
+            f"--teacher {name!r}: not a .keras file and not a keras.applications model "
+            "(e.g. ResNet50, EfficientNetV2S)"
+        )
+    try:
+        base = ctor(weights="imagenet", classifier_activation=None)
+    except Exception as e:  # noqa: BLE001 - download or cache errors vary
+        raise ValueError(f"--teacher {name!r}: could not load ImageNet weights: {e}") from None
+    module = __import__(ctor.__module__, fromlist=["preprocess_input"])
+    preprocess = getattr(module, "preprocess_input", None)
+    size = base.inputs[0].shape[1] or 224
+    inputs = keras.Input((None, None, 3))
+    # Our pipelines normalise with the ImageNet mean/std; undo that, then apply the
+    # application's own preprocessing on [0, 255] pixels.
+    mean = tf.constant([0.485, 0.456, 0.406]) * 255.0
+    std = tf.constant([0.229, 0.224, 0.225]) * 255.0
+    x = keras.layers.Lambda(lambda t: t * std + mean)(inputs)
+    x = keras.layers.Resizing(size, size, interpolation="bicubic")(x)
+    if preprocess is not None:
+        x = keras.layers.Lambda(preprocess)(x)
+    return keras.Model(inputs, base(x), name=f"teacher_{name}")

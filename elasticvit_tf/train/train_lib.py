@@ -1,0 +1,509 @@
+"""Flag-free supernet training: ``TrainConfig`` + ``train(config) -> dict``.
+
+``train`` writes the model_dir of DESIGN §5 (``config.json``, ``checkpoints/``,
+``tensorboard/``, ``eval.json``) and resumes exactly from the last complete checkpoint when the
+model_dir already holds one of the same run: step, optimizer, live and EMA weights, sampler
+(RNG, level, banks, schedule) and data position are restored; with ``deterministic=True`` the
+resumed run samples the same archs and reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from elasticvit_tf import model_dir as md
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+# Config entries that must match to resume a model_dir (others, e.g. epochs, may change).
+_RESUME_KEYS = ("space", "space_fingerprint", "num_classes", "data", "num_slots")
+_RESUME_TRAIN_KEYS = ("sampler", "sampler_kwargs", "batch_size", "seed", "teacher")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one training run needs (``elasticvit-train`` flags map 1:1 onto it).
+
+    Learning rates (``lr``, ``warmup_lr``, ``min_lr``) are given for a global batch of
+    ``lr_reference_batch`` images and scaled linearly to ``batch_size`` (spec §6.4; set
+    ``lr_reference_batch=0`` to use them as is).
+    """
+
+    model_dir: str = ""
+    space: str = "demo"
+    # data
+    dataset: str = "fashion_mnist"
+    data_dir: Optional[str] = None
+    image_size: Optional[int] = None  # default: the space's largest resolution
+    augment: str = "auto"
+    split_seed: int = 0
+    search_size: int = 5000
+    val_fraction: float = 0.0
+    max_train_examples: Optional[int] = None
+    # schedule
+    epochs: int = 10
+    steps: Optional[int] = None  # total steps; overrides epochs
+    steps_per_epoch: Optional[int] = None  # default: train examples // batch_size
+    batch_size: int = 128  # global
+    # sampler
+    sampler: str = "elasticvit"
+    sampler_kwargs: dict = dataclasses.field(default_factory=dict)
+    num_subnets: int = 4
+    # optimisation (spec §6.4)
+    lr: float = 5e-4
+    warmup_lr: float = 1e-6
+    min_lr: float = 5e-6
+    lr_reference_batch: int = 512
+    warmup_steps: int = 0
+    cooldown_steps: int = 0
+    weight_decay: float = 0.05
+    agc_clip: float = 0.1
+    ema_decay: float = 0.99985
+    ema_warmup: bool = False
+    # losses
+    teacher: str = ""
+    teacher_temperature: float = 0.2
+    label_smoothing: float = 0.1
+    # runtime
+    strategy: str = "auto"
+    cpu_devices: int = 0  # >1: split the CPU into that many logical devices (tests)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # 0: evaluate at the end only
+    eval_split: str = "test"
+    eval_batches: int = 0  # 0: the whole split
+    calib_batches: int = 20
+    log_every: int = 10
+    deterministic: bool = False
+    seed: int = 0
+    grad_cosine: bool = False
+    verbose: int = 1
+    log_archs: bool = False  # write arch_log.jsonl (tests, ablations)
+    # "auto": Grappler off on CPU-only hosts (process-wide). Measured on 2 shared CPU cores:
+    # first train step of the tiny space 144 s -> 100 s, steady step time unchanged.
+    graph_optimizations: str = "auto"
+
+    @classmethod
+    def demo(cls, model_dir: str = "", **overrides) -> "TrainConfig":
+        """The embedded demo recipe: ``demo`` space on Fashion-MNIST, about 8 minutes on 2 CPU
+        cores, min and max subnets >= 85 % test top-1 (measured, see the report)."""
+        base = dict(
+            model_dir=model_dir,
+            space="demo",
+            dataset="fashion_mnist",
+            image_size=28,
+            epochs=3,
+            batch_size=128,
+            sampler="sandwich",
+            lr=4e-3,
+            lr_reference_batch=128,
+            warmup_lr=4e-5,
+            min_lr=4e-5,
+            warmup_steps=100,
+            weight_decay=0.05,
+            ema_decay=0.998,
+            ema_warmup=True,
+            label_smoothing=0.1,
+            checkpoint_every=200,
+            eval_every=0,
+            calib_batches=20,
+            search_size=5000,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown key(s) {unknown}; expected {sorted(known)}")
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------ validation
+def validate_config(config: TrainConfig) -> None:
+    """Cheap checks before TensorFlow starts (``ValueError`` naming the field)."""
+    from elasticvit_tf.samplers import SAMPLER_NAMES
+    from elasticvit_tf.space import get_space
+
+    if not config.model_dir:
+        raise ValueError("model_dir is required (the output directory)")
+    get_space(config.space)
+    if config.sampler not in SAMPLER_NAMES:
+        raise ValueError(
+            f"unknown sampler {config.sampler!r}; expected one of {list(SAMPLER_NAMES)}"
+        )
+    if config.strategy not in STRATEGIES:
+        raise ValueError(
+            f"unknown strategy {config.strategy!r}; expected one of {list(STRATEGIES)}"
+        )
+    for name in ("batch_size", "num_subnets"):
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r}; expected a positive integer")
+    if config.steps is None and config.epochs < 1:
+        raise ValueError(f"epochs={config.epochs}; expected >= 1 (or set steps)")
+    if config.steps is not None and config.steps < 1:
+        raise ValueError(f"steps={config.steps}; expected >= 1")
+    if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch={config.steps_per_epoch}; expected >= 1")
+    if config.eval_split not in ("test", "val", "search"):
+        raise ValueError(f"eval_split={config.eval_split!r}; expected 'test', 'val' or 'search'")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={config.label_smoothing}; expected in [0, 1)")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"ema_decay={config.ema_decay}; expected in [0, 1)")
+    if config.graph_optimizations not in ("auto", "on", "off"):
+        raise ValueError(
+            f"graph_optimizations={config.graph_optimizations!r}; expected auto, on or off"
+        )
+    if config.teacher_temperature <= 0:
+        raise ValueError(f"teacher_temperature={config.teacher_temperature}; expected > 0")
+
+
+def _tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+
+
+def _num_workers(tf_config: dict) -> int:
+    cluster = tf_config.get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def make_strategy(name: str, cpu_devices: int = 0):
+    """``tf.distribute`` strategy by name (``auto`` picks multi_worker when TF_CONFIG names
+    several workers, mirrored with several GPUs or logical CPUs, else one_device)."""
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {list(STRATEGIES)}")
+    tf_config = _tf_config()
+    if name == "multi_worker" and _num_workers(tf_config) < 1:
+        raise ValueError("strategy 'multi_worker' needs TF_CONFIG naming the cluster's workers")
+    if cpu_devices and cpu_devices > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration()] * int(cpu_devices)
+            )
+        except RuntimeError:
+            if len(tf.config.list_logical_devices("CPU")) != cpu_devices:
+                raise ValueError(
+                    f"cpu_devices={cpu_devices}: TensorFlow was already initialised with "
+                    f"{len(tf.config.list_logical_devices('CPU'))} CPU device(s)"
+                ) from None
+    if name == "auto":
+        if _num_workers(tf_config) > 1:
+            name = "multi_worker"
+        elif len(tf.config.list_physical_devices("GPU")) > 1 or (cpu_devices or 0) > 1:
+            name = "mirrored"
+        else:
+            name = "one_device"
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def _is_chief(strategy) -> tuple[bool, Optional[str], int]:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True, None, 0
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+    return chief, task_type, task_id
+
+
+# ------------------------------------------------------------------------------ model_dir
+def _check_existing(model_dir: str, new_config: dict, space) -> bool:
+    """True when model_dir holds a resumable run of this config; ValueError when it holds
+    something else (nothing is written in that case)."""
+    has_config = os.path.isfile(md.config_path(model_dir))
+    has_ckpt = md.latest_checkpoint(model_dir) is not None
+    if not has_config:
+        if has_ckpt:
+            raise ValueError(
+                f"{model_dir} holds checkpoints but no config.json; refusing to reuse it "
+                "(pick a new --model_dir)"
+            )
+        return False
+    old = md.read_config(model_dir)
+    md.check_space(old, space, model_dir)
+    diffs = [k for k in _RESUME_KEYS if old.get(k) != new_config.get(k)]
+    old_train, new_train = old.get("train", {}), new_config["train"]
+    diffs += [f"train.{k}" for k in _RESUME_TRAIN_KEYS if old_train.get(k) != new_train.get(k)]
+    if diffs:
+        raise ValueError(
+            f"model_dir {model_dir} holds a run with different settings ({', '.join(diffs)}); "
+            "resume with the same command or pick a new --model_dir"
+        )
+    return has_ckpt
+
+
+# ------------------------------------------------------------------------------ train
+def train(config: TrainConfig) -> dict:
+    """Trains (or resumes) a supernet; returns the final metrics.
+
+    Returns:
+        dict with ``step``, ``epochs``, ``min_top1``, ``max_top1`` (EMA weights, BN
+        recalibrated, on ``eval_split``), ``train_seconds``, ``images_per_second``,
+        ``resumed_from_step``, ``trace_count`` and ``model_dir``.
+    """
+    validate_config(config)
+    import tensorflow as tf
+
+    strategy = make_strategy(config.strategy, config.cpu_devices)
+    import keras
+
+    from elasticvit_tf import data as data_lib
+    from elasticvit_tf.samplers import make_sampler
+    from elasticvit_tf.space import get_space
+    from elasticvit_tf.supernet import ElasticSupernet
+    from elasticvit_tf.train import callbacks as cb
+    from elasticvit_tf.train import optim, recipe
+
+    space = get_space(config.space)
+    n_rep = strategy.num_replicas_in_sync
+    if config.batch_size % n_rep:
+        raise ValueError(
+            f"batch_size={config.batch_size} is not divisible by the {n_rep} replicas of "
+            f"strategy {config.strategy!r}"
+        )
+    is_chief, task_type, task_id = _is_chief(strategy)
+    num_workers = max(1, _num_workers(_tf_config())) if task_type else 1
+
+    data_cfg = data_lib.DataConfig(
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        image_size=int(config.image_size or space.max_resolution),
+        augment=config.augment,
+        split_seed=config.split_seed,
+        search_size=config.search_size,
+        val_fraction=config.val_fraction,
+        max_train_examples=config.max_train_examples,
+    )
+    data_cfg, notices = data_lib.resolve_data_config(data_cfg, fallback=False)
+    info = data_lib.get_info(data_cfg)
+    for n in list(notices) + list(info.notices):
+        print(f"data: {n}", flush=True)
+    train_size = info.split_sizes["train"]
+    spe = config.steps_per_epoch or train_size // config.batch_size
+    if spe < 1:
+        raise ValueError(
+            f"the train split has {train_size} examples: fewer than one batch of "
+            f"{config.batch_size}"
+        )
+    total_steps = config.steps or config.epochs * spe
+    peak = optim.scale_lr(config.lr, config.batch_size, config.lr_reference_batch)
+    run_config = {
+        **md.space_config(space),
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "data": data_cfg.to_dict(),
+        "split_seed": data_cfg.split_seed,
+        "split_sizes": dict(info.split_sizes),
+        "num_slots": config.num_subnets,
+        "input_channels": 3,
+        "supernet_kwargs": {},
+        "train": config.to_dict(),
+        "steps_per_epoch": spe,
+        "total_steps": total_steps,
+        "global_batch_size": config.batch_size,
+        "num_replicas": n_rep,
+        "peak_lr": peak,
+    }
+    resume = _check_existing(config.model_dir, run_config, space)
+    teachers = recipe.load_teachers(config.teacher, info.num_classes)
+    sampler = make_sampler(
+        config.sampler, space, config.seed, num_subnets=config.num_subnets, **config.sampler_kwargs
+    )
+
+    keras.utils.set_random_seed(config.seed)
+    graph_opt = config.graph_optimizations
+    if graph_opt == "auto":
+        graph_opt = "on" if tf.config.list_physical_devices("GPU") else "off"
+    if graph_opt == "off":
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if is_chief:
+        md.write_config(config.model_dir, run_config)
+
+    schedule = optim.WarmupCosine(
+        peak,
+        total_steps,
+        warmup_steps=config.warmup_steps,
+        warmup_lr=optim.scale_lr(config.warmup_lr, config.batch_size, config.lr_reference_batch),
+        min_lr=optim.scale_lr(config.min_lr, config.batch_size, config.lr_reference_batch),
+        cooldown_steps=config.cooldown_steps,
+    )
+    with strategy.scope():
+        net = ElasticSupernet(space, info.num_classes, num_slots=config.num_subnets)
+        opt = optim.make_optimizer(net, schedule, weight_decay=config.weight_decay)
+        trainer = recipe.SupernetTrainer(
+            net,
+            teachers=teachers,
+            teacher_temperature=config.teacher_temperature,
+            label_smoothing=config.label_smoothing,
+            agc_clip=config.agc_clip,
+            ema_decay=config.ema_decay,
+            ema_warmup=config.ema_warmup,
+            grad_cosine=config.grad_cosine,
+        )
+        trainer.compile(optimizer=opt, jit_compile=False)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    sampler_var = tf.Variable("", dtype=tf.string, trainable=False, name="sampler_state")
+    data_var = tf.Variable("", dtype=tf.string, trainable=False, name="data_state")
+    ckpt = md.make_checkpoint(net, trainer.ema, opt, step_var, sampler_var, data_var)
+
+    state = cb.RunState(0, spe, config.batch_size, is_chief)
+    if resume:
+        path = md.latest_checkpoint(config.model_dir)
+        ckpt.restore(path).assert_existing_objects_matched()
+        state.step = int(step_var.numpy())
+        sampler.set_state(json.loads(sampler_var.numpy().decode()))
+        print(f"resumed from {path} at step {state.step}", flush=True)
+    resumed_from = state.step
+
+    ckpt_dir = md.checkpoint_dir(config.model_dir)
+    tmp_dir = None
+    if not is_chief:
+        tmp_dir = tempfile.mkdtemp(prefix=f"evit_worker{task_id}_")
+        ckpt_dir = tmp_dir
+    manager = md.checkpoint_manager(ckpt_dir, ckpt, max_to_keep=config.keep_checkpoints)
+
+    def _cleanup():
+        if tmp_dir:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            os.makedirs(tmp_dir, exist_ok=True)
+
+    # ---------------------------------------------------------------- data
+    per_pipeline = n_rep // num_workers
+
+    def train_dataset(skip_steps):
+        def fn(ctx):
+            ds = data_lib.make_dataset(
+                data_cfg,
+                "train",
+                config.batch_size,
+                training=True,
+                repeat=True,
+                seed=config.seed,
+                input_context=ctx,
+            )
+            # NOTE: distribute_datasets_from_function hands each pipeline's consecutive
+            # per-replica batches to its local replicas: one step = per_pipeline batches.
+            return ds.skip(skip_steps * per_pipeline)
+
+        return strategy.distribute_datasets_from_function(fn)
+
+    eval_bs = min(256, max(32, config.batch_size))
+
+    def calib_dataset():
+        return data_lib.make_dataset(
+            data_cfg, "train", config.batch_size, training=True, repeat=True, seed=config.seed + 1
+        )
+
+    def eval_dataset():
+        ds = data_lib.make_dataset(data_cfg, config.eval_split, eval_bs, training=False)
+        return ds.take(config.eval_batches) if config.eval_batches > 0 else ds
+
+    # ---------------------------------------------------------------- callbacks
+    tb = md.tensorboard_dir(config.model_dir)
+    arch_log = os.path.join(config.model_dir, "arch_log.jsonl") if config.log_archs else None
+    sampler_cb = cb.SamplerCallback(
+        sampler, net, trainer, arch_log=arch_log if is_chief else None, state=state
+    )
+    evaluator = cb.SubnetEvaluator(
+        net, trainer.ema, calib_dataset, eval_dataset, config.calib_batches
+    )
+    eval_cb = cb.EvalCallback(
+        evaluator,
+        {"min": space.min_arch(), "max": space.max_arch()},
+        state,
+        config.eval_every,
+        logdir=os.path.join(tb, "eval"),
+        eval_json=md.eval_path(config.model_dir),
+        split=config.eval_split,
+    )
+    ckpt_cb = cb.CheckpointCallback(
+        manager,
+        step_var,
+        sampler_var,
+        data_var,
+        sampler,
+        state,
+        config.checkpoint_every,
+        after_save=_cleanup,
+    )
+    callbacks = [
+        cb.StepCounter(state),
+        sampler_cb,
+        cb.ScalarLogger(os.path.join(tb, "train"), state, sampler_cb, config.log_every),
+        eval_cb,
+        ckpt_cb,
+    ]
+
+    # ---------------------------------------------------------------- fit
+    # Keras epochs are kept aligned with real epochs: a run resumed mid-epoch first finishes
+    # that epoch, then runs whole epochs, then a final partial one if steps say so.
+    t0 = time.perf_counter()
+    while state.step < total_steps:
+        epoch, in_epoch = divmod(state.step, spe)
+        if in_epoch:
+            n_epochs, steps = 1, min(spe - in_epoch, total_steps - state.step)
+        elif total_steps - state.step >= spe:
+            n_epochs, steps = (total_steps - state.step) // spe, spe
+        else:
+            n_epochs, steps = 1, total_steps - state.step
+        trainer.fit(
+            train_dataset(state.step),
+            initial_epoch=epoch,
+            epochs=epoch + n_epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=config.verbose if is_chief else 0,
+        )
+    seconds = time.perf_counter() - t0
+    ckpt_cb.save()
+    final = eval_cb.last if eval_cb.last and eval_cb.last["step"] == state.step else None
+    final = final or eval_cb.evaluate()
+    if tmp_dir:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    done = state.step - resumed_from
+    return {
+        "model_dir": config.model_dir,
+        "step": state.step,
+        "epochs": state.step / spe,
+        "min_top1": final.get("min_top1"),
+        "max_top1": final.get("max_top1"),
+        "eval_split": config.eval_split,
+        "train_seconds": seconds,
+        "images_per_second": done * config.batch_size / seconds if seconds > 0 else None,
+        "resumed_from_step": resumed_from,
+        "trace_count": trainer.trace_count,
+        "first_step_seconds": state.first_step_seconds,
+        "steady_steps_per_second": state.steady_steps_per_second(),
+        "num_replicas": n_rep,
+    }
