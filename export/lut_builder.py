@@ -346,7 +346,11 @@ def blocks_sum(
 
 def fit_calibration(sums: Sequence[float], wholes: Sequence[float]) -> tuple[float, float]:
     """(scale, constant_ms): constant = median(whole - sum) below 5 subnets, else a least-
-    squares line, kept only when its scale is within [0.8, 1.25] (a small correction)."""
+    squares line, kept only when its scale is within [0.8, 1.25] (a small correction).
+
+    Subnets measured > 2x or < 0.5x their block sum are left out (disturbed measurements);
+    the constant is floored at -0.5 x the smallest block sum.
+    """
     s, w = np.asarray(sums), np.asarray(wholes)
     if len(s) == 0:
         return 1.0, 0.0
@@ -443,13 +447,13 @@ def build_mode_lut(
     op_deadline = t0 + budget_s * (1.0 - calibration_share)
     measured: dict[OpSignature, float] = {}
     if prior is not None:
-        want = (space.fingerprint(), mode, target, cfg.num_threads)
+        want = (space.fingerprint(), mode, target, cfg.num_threads, cfg.clock)
         pp = prior.get("provenance", {})
         got = (prior.get("space_fingerprint"), prior.get("mode"), pp.get("target"))
-        got += (pp.get("num_threads"),)
+        got += (pp.get("num_threads"), pp.get("clock", "wall"))
         if got != want:
             raise ValueError(
-                f"prior LUT has (space_fingerprint, mode, target, num_threads)={got}, "
+                f"prior LUT has (space_fingerprint, mode, target, num_threads, clock)={got}, "
                 f"expected {want}"
             )
         for e in prior["entries"]:
