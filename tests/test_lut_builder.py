@@ -199,3 +199,14 @@ def test_binary_bad_input_exits_2_with_one_line(tmp_path):
         assert r.returncode == 2, r.stderr[-2000:]
         assert match in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prior_entries_are_kept_and_must_match(fake_device):
+    space = get_space("tiny")
+    first = lut_builder.build_mode_lut(space, "fp32", budget_s=0.5, num_calibration=2)
+    n_first = fake_device["op"]
+    again = lut_builder.build_mode_lut(space, "fp32", budget_s=0.5, num_calibration=2, prior=first)
+    assert fake_device["op"] == n_first  # nothing re-measured on a short budget
+    assert again["entries"] == first["entries"]
+    with pytest.raises(ValueError, match="prior LUT"):
+        lut_builder.build_mode_lut(space, "int8", budget_s=0.5, prior=first)
