@@ -332,43 +332,63 @@ def _total_steps(tc) -> int:
 
 
 def run_train(tc, plan: dict, log=print) -> dict:
-    """Trains with a time box; returns the train result plus planning figures."""
+    """Trains; returns the train result plus planning figures.
+
+    With an explicit ``train_steps`` the run has that many steps. Otherwise the recipe's steps
+    are time-boxed to ``train_minutes``: a probe of ``probe_steps`` steps (inside the LR
+    warm-up, whose values do not depend on the total, so the probe is the first part of the
+    final schedule) measures the steady step rate and the fixed costs (graph tracing, final
+    evaluation), then the run resumes from the probe's checkpoint with the steps that fit.
+    """
     from elasticvit_tf.train import train_lib
 
     target = int(plan["train_steps"] or _total_steps(tc))
     box_s = float(plan["train_minutes"]) * 60.0
-    probe = min(int(plan["probe_steps"]), max(0, int(tc.warmup_steps)), target // 4)
+    probe = 0
+    if not plan["train_steps"]:
+        probe = min(int(plan["probe_steps"]), max(0, int(tc.warmup_steps)), target // 4)
     t0 = time.monotonic()
-    steps = target
-    rate = None
+    steps, rate, overhead = target, None, None
     if probe > 0:
         log(f"[train] probe: {probe} steps (inside the LR warm-up) to measure the step rate")
         pr = train_lib.train(dataclasses.replace(tc, steps=probe, eval_batches=1, calib_batches=2))
-        done = pr["step"] - pr["resumed_from_step"]
-        if done > 0 and pr["train_seconds"] > 0:
-            rate = done / pr["train_seconds"]
-        elapsed = time.monotonic() - t0
-        final_eval_s = 30.0  # BN recalibration + test-split evaluation of min and max subnets
-        if rate is not None:
-            fit = pr["step"] + int(max(0.0, box_s - elapsed - final_eval_s) * rate)
-            steps = max(pr["step"], min(target, fit))
+        probe_s = time.monotonic() - t0
+        rate = steady_step_rate(tc.model_dir, tc.batch_size)
+        if rate is None and pr["train_seconds"] > 0 and pr["step"] > pr["resumed_from_step"]:
+            rate = (pr["step"] - pr["resumed_from_step"]) / pr["train_seconds"]
+        if rate:
+            # Fixed costs seen by the probe (tracing, checkpoint, evaluation) recur once.
+            overhead = max(0.0, probe_s - (pr["step"] - pr["resumed_from_step"]) / rate)
+            final_eval_s = 30.0  # full test-split evaluation of the min and max subnets
+            left = box_s - probe_s - overhead - final_eval_s
+            steps = max(pr["step"], min(target, pr["step"] + int(max(0.0, left) * rate)))
         log(
-            f"[train] probe: {rate or 0:.2f} steps/s; planned {steps}/{target} steps to fit "
-            f"{box_s / 60:.1f} min"
+            f"[train] probe: {rate or 0:.3f} steps/s steady, {overhead or 0:.0f}s fixed costs; "
+            f"planned {steps}/{target} steps to fit {box_s / 60:.1f} min"
         )
     result = train_lib.train(dataclasses.replace(tc, steps=steps))
     result.update(
         {
             "target_steps": target,
             "planned_steps": steps,
-            "time_box_s": box_s,
+            "time_box_s": box_s if probe > 0 else None,
             "probe_steps": probe,
             "probe_steps_per_s": rate,
+            "probe_overhead_s": overhead,
             "time_boxed": steps < target,
             "wall_seconds": time.monotonic() - t0,
         }
     )
     return result
+
+
+def steady_step_rate(model_dir: str, batch_size: int) -> Optional[float]:
+    """Median logged throughput after the first logging window (which holds the tracing)."""
+    import numpy as np
+
+    tput = read_training_curve(model_dir).get("throughput_images_per_s", [])
+    vals = [v for _, v in tput[1:] if v > 0]
+    return float(np.median(vals)) / batch_size if vals else None
 
 
 def read_training_curve(model_dir: str) -> dict[str, list]:

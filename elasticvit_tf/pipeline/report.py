@@ -365,6 +365,22 @@ def markdown(r: dict) -> str:
             f"{c['latency_ms']:.3f} | {c['mflops']:.2f} | {c['params_m']:.3f} | "
             f"{_yes(c['within_budget'])} |"
         )
+    front = sorted(
+        (p for p in r["search"]["points"] if p.get("on_front")), key=lambda p: p["latency_ms"]
+    )
+    if front:
+        lines += [
+            "",
+            "Pareto front (search split top-1 vs predicted latency):",
+            "",
+            "| trial | predicted ms | search top-1 % | MFLOPs |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['trial_id']} | {p['latency_ms']:.3f} | {_pct(p['top1'])} | "
+            f"{_p(p['mflops'])} |"
+            for p in front
+        ]
     lines += ["", "Chosen archs:", ""]
     for c in r["chosen"]:
         if c["found"]:
@@ -385,17 +401,14 @@ def markdown(r: dict) -> str:
                 f"{e['max_abs_error']:.3g} | {e['size_bytes'] / 1024:.1f} | "
                 f"{_p(e['median_ms'], '.3f')} | {_p(e['p95_ms'], '.3f')} |"
             )
-    lines += [
-        "",
-        "Files: "
-        + ", ".join(
+    export_links = list(
+        dict.fromkeys(
             f"[{c['export']['name']}]({c['export']['report_md']})"
             for c in r["chosen"]
             if "export" in c and c["export"]["report_md"]
         )
-        or "Files: none",
-        "",
-    ]
+    )
+    lines += ["", "Export reports: " + (", ".join(export_links) or "none"), ""]
     lines += [
         "## Goals",
         "",
