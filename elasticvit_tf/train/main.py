@@ -26,7 +26,7 @@ def define_flags() -> None:
 
     d = TrainConfig()
     flags.DEFINE_string("model_dir", None, "Output directory (config.json, checkpoints/, ...).")
-    flags.DEFINE_enum("preset", "none", ["none", "demo"], "Start from a named recipe.")
+    flags.DEFINE_string("preset", "none", "Start from a named recipe: none or demo.")
     flags.DEFINE_string("space", d.space, "Search-space preset: elasticvit, demo or tiny.")
     flags.DEFINE_string(
         "dataset", d.dataset, "fashion_mnist, digits, tfds:NAME or folder:PATH (class folders)."
@@ -62,7 +62,7 @@ def define_flags() -> None:
     )
     flags.DEFINE_float("teacher_temperature", d.teacher_temperature, "Teacher temperature.")
     flags.DEFINE_float("label_smoothing", d.label_smoothing, "Label smoothing without teachers.")
-    flags.DEFINE_enum("strategy", d.strategy, list(STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_string("strategy", d.strategy, f"tf.distribute strategy: {', '.join(STRATEGIES)}.")
     flags.DEFINE_integer("cpu_devices", d.cpu_devices, "Split the CPU into N logical devices.")
     flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Steps between checkpoints.")
     flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "Checkpoints kept.")
@@ -76,15 +76,15 @@ def define_flags() -> None:
     flags.DEFINE_bool("grad_cosine", d.grad_cosine, "Log gradient-conflict cosines.")
     flags.DEFINE_integer("verbose", d.verbose, "Keras progress bar: 0, 1 or 2.")
     flags.DEFINE_bool("log_archs", d.log_archs, "Write the sampled archs to arch_log.jsonl.")
-    flags.DEFINE_enum(
-        "graph_optimizations", d.graph_optimizations, ["auto", "on", "off"], "Grappler."
-    )
+    flags.DEFINE_string("graph_optimizations", d.graph_optimizations, "Grappler: auto, on, off.")
 
 
 def config_from_flags():
     """Builds the ``TrainConfig``: the preset, then every flag given on the command line."""
     from elasticvit_tf.train.train_lib import TrainConfig
 
+    if FLAGS.preset not in ("none", "demo"):
+        raise ValueError(f"unknown --preset {FLAGS.preset!r}; expected none or demo")
     base = TrainConfig.demo() if FLAGS.preset == "demo" else TrainConfig()
     values = {}
     for f in dataclasses.fields(TrainConfig):
