@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from elasticvit_tf.pipeline import report as report_lib
-from elasticvit_tf.pipeline.demo import Layout, choose_budgets
+from elasticvit_tf.pipeline.stages import Layout, choose_budgets
 
 
 def _mode(acc, keras_acc, ms, size=20480):

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from elasticvit_tf.pipeline import demo
+from elasticvit_tf.pipeline import demo, stages
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
@@ -46,13 +46,13 @@ def test_demo_config_bad_values(kwargs, match):
 
 
 def test_fingerprint_stable_and_sensitive():
-    a = demo.fingerprint({"x": 1, "y": [1, 2]})
-    assert a == demo.fingerprint({"y": [1, 2], "x": 1})
-    assert a != demo.fingerprint({"x": 2, "y": [1, 2]})
+    a = stages.fingerprint({"x": 1, "y": [1, 2]})
+    assert a == stages.fingerprint({"y": [1, 2], "x": 1})
+    assert a != stages.fingerprint({"x": 2, "y": [1, 2]})
 
 
 def test_stage_reuse_and_rerun(tmp_path):
-    layout = demo.Layout(str(tmp_path))
+    layout = stages.Layout(str(tmp_path))
     calls = []
 
     def fn():
@@ -62,18 +62,18 @@ def test_stage_reuse_and_rerun(tmp_path):
         open(path, "w").write("{}")
         return {"value": len(calls), "files": [path]}
 
-    r1, _, reused1 = demo._run_stage(layout, "lut", "fp1", True, fn, log=lambda s: None)
-    r2, _, reused2 = demo._run_stage(layout, "lut", "fp1", True, fn, log=lambda s: None)
+    r1, _, reused1 = stages.run_stage(layout, "lut", "fp1", True, fn, log=lambda s: None)
+    r2, _, reused2 = stages.run_stage(layout, "lut", "fp1", True, fn, log=lambda s: None)
     assert (r1["value"], reused1, r2["value"], reused2) == (1, False, 1, True)
     # Changed inputs: rerun, old outputs removed first.
-    r3, _, reused3 = demo._run_stage(layout, "lut", "fp2", True, fn, log=lambda s: None)
+    r3, _, reused3 = stages.run_stage(layout, "lut", "fp2", True, fn, log=lambda s: None)
     assert (r3["value"], reused3) == (2, False)
     # A missing output invalidates the record.
     os.remove(r3["files"][0])
-    r4, _, reused4 = demo._run_stage(layout, "lut", "fp2", True, fn, log=lambda s: None)
+    r4, _, reused4 = stages.run_stage(layout, "lut", "fp2", True, fn, log=lambda s: None)
     assert (r4["value"], reused4) == (3, False)
     # resume=False always reruns.
-    r5, _, reused5 = demo._run_stage(layout, "lut", "fp2", False, fn, log=lambda s: None)
+    r5, _, reused5 = stages.run_stage(layout, "lut", "fp2", False, fn, log=lambda s: None)
     assert (r5["value"], reused5) == (4, False)
 
 

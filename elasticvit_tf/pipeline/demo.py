@@ -21,22 +21,36 @@ its last checkpoint when it was interrupted). This package is the only one that 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
-import threading
 import time
 from typing import Any, Callable, Optional
 
+from elasticvit_tf.pipeline.stages import (
+    LATENCY_MODE,
+    Heartbeat,
+    Layout,
+    banner,
+    choose_budgets,
+    fingerprint,
+    read_training_curve,
+    resolve_dataset,
+    run_export_stage,
+    run_lut,
+    run_search_stage,
+    run_stage,
+    run_train,
+    search_config,
+    train_config,
+)
+
 STAGES = ("train", "lut", "search", "export")
-BUDGET_FRACTIONS = (0.25, 0.5, 0.75)
-LATENCY_MODE = "fp32"
 
 # Per-stage settings of the full run and of ``--quick`` (same code path, smaller numbers).
 FULL_PLAN: dict[str, Any] = {
     "train_minutes": 9.0,
     "train_steps": None,  # None: the demo recipe's epochs
+    "num_subnets": None,  # None: the demo recipe's (4 per step)
     "max_train_examples": None,
     "search_size": 5000,
     "train_eval_batches": 0,  # whole test split
@@ -60,6 +74,7 @@ QUICK_PLAN: dict[str, Any] = {
     **FULL_PLAN,
     "train_minutes": 1.5,
     "train_steps": 40,
+    "num_subnets": 2,  # max + min per step: half the graph to trace
     "max_train_examples": 2048,
     "search_size": 512,
     "train_eval_batches": 4,
@@ -83,9 +98,6 @@ TRAIN_PLAN_KEYS = (
     "train_minutes", "train_steps", "max_train_examples", "search_size", "train_eval_batches",
     "probe_steps",
 )  # fmt: skip
-# Quantized exports are verified with a loose drop limit so the demo always reports the figure;
-# the report checks the 1-point goal itself.
-EXPORT_MAX_DROP = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,457 +174,6 @@ class DemoConfig:
         return dataclasses.asdict(self)
 
 
-# ------------------------------------------------------------------------------- helpers
-def fingerprint(obj: Any) -> str:
-    """Short stable hash of a JSON-able object (stage inputs)."""
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _write_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def banner(text: str) -> None:
-    line = "=" * 78
-    print(f"\n{line}\n== {text}\n{line}", flush=True)
-
-
-class Heartbeat:
-    """Prints ``[stage] elapsed (progress)`` every ``every`` seconds while a stage runs."""
-
-    def __init__(self, stage: str, progress: Callable[[], str] = lambda: "", every: float = 15.0):
-        self.stage, self.progress, self.every = stage, progress, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._t0 = time.monotonic()
-
-    def _run(self):
-        while not self._stop.wait(self.every):
-            try:
-                extra = self.progress()
-            except Exception:  # progress is cosmetic
-                extra = ""
-            elapsed = time.monotonic() - self._t0
-            print(f"[{self.stage}] {elapsed:.0f}s elapsed {extra}".rstrip(), flush=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=1.0)
-
-
-class Layout:
-    """Paths inside the demo's output directory."""
-
-    def __init__(self, output_dir: str):
-        self.root = os.path.abspath(output_dir)
-        self.model_dir = os.path.join(self.root, "model_dir")
-        self.lut_dir = os.path.join(self.root, "lut")
-        self.search_dir = os.path.join(self.root, "search")
-        self.export_dir = os.path.join(self.root, "export")
-        self.stages_dir = os.path.join(self.root, "stages")
-        self.report_md = os.path.join(self.root, "report.md")
-        self.report_json = os.path.join(self.root, "report.json")
-        self.pareto_png = os.path.join(self.root, "pareto.png")
-        self.curve_png = os.path.join(self.root, "training_curve.png")
-
-    def stage_file(self, name: str) -> str:
-        return os.path.join(self.stages_dir, f"{name}.json")
-
-    def stage_outputs(self, name: str) -> list[str]:
-        return {
-            "train": [self.model_dir],
-            "lut": [self.lut_dir],
-            "search": [self.search_dir],
-            "export": [self.export_dir],
-        }[name]
-
-
-def _finished(layout: Layout, name: str, fp: str) -> Optional[dict]:
-    """The stage record when the stage finished with inputs ``fp`` and its outputs exist."""
-    rec = _read_json(layout.stage_file(name))
-    if not rec or rec.get("fingerprint") != fp or rec.get("status") != "done":
-        return None
-    for path in rec.get("result", {}).get("files", []):
-        if not os.path.exists(path):
-            return None
-    return rec
-
-
-def _run_stage(layout, name, fp, resume, fn, log=print) -> tuple[dict, float, bool]:
-    """Runs (or reuses) one stage; returns ``(result, seconds, reused)``."""
-    rec = _finished(layout, name, fp) if resume else None
-    if rec is not None:
-        log(f"[{name}] inputs unchanged (fingerprint {fp}): reusing {layout.stage_file(name)}")
-        return rec["result"], float(rec["seconds"]), True
-    started = _read_json(layout.stage_file(name))
-    partial_ok = resume and started is not None and started.get("fingerprint") == fp
-    if not partial_ok:
-        for path in layout.stage_outputs(name):
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-    _write_json(layout.stage_file(name), {"fingerprint": fp, "status": "running"})
-    t0 = time.monotonic()
-    result = fn()
-    seconds = time.monotonic() - t0
-    _write_json(
-        layout.stage_file(name),
-        {"fingerprint": fp, "status": "done", "seconds": seconds, "result": result},
-    )
-    return result, seconds, False
-
-
-# ------------------------------------------------------------------------------- data
-def resolve_dataset(config: DemoConfig) -> tuple[str, Optional[str], list[str]]:
-    """``(dataset, data_dir, notices)``: Fashion-MNIST falls back to digits with a notice."""
-    from elasticvit_tf import data as data_lib
-
-    dcfg = data_lib.DataConfig(dataset=config.dataset, data_dir=config.data_dir)
-    dcfg, notices = data_lib.resolve_data_config(dcfg, fallback=True)
-    return dcfg.dataset, dcfg.data_dir, list(notices)
-
-
-# ------------------------------------------------------------------------------- train
-def train_config(config: DemoConfig, plan: dict, dataset: str, data_dir: Optional[str], layout):
-    """The ``TrainConfig`` of the demo (the training part's demo recipe + the plan)."""
-    from elasticvit_tf.train.train_lib import TrainConfig
-
-    search_size = plan["search_size"]
-    if dataset == "digits":  # 1797 images in all
-        search_size = min(search_size, 300)
-    tc = TrainConfig.demo(
-        layout.model_dir,
-        dataset=dataset,
-        data_dir=data_dir,
-        seed=config.seed,
-        max_train_examples=plan["max_train_examples"],
-        search_size=search_size,
-        eval_batches=plan["train_eval_batches"],
-        verbose=config.verbose,
-    )
-    steps = plan["train_steps"]
-    if steps and tc.warmup_steps + tc.cooldown_steps >= steps // 2:
-        # A short explicit run keeps a quarter of its steps for the warm-up.
-        tc = dataclasses.replace(tc, warmup_steps=steps // 4, cooldown_steps=0)
-    return tc
-
-
-def _total_steps(tc) -> int:
-    from elasticvit_tf import data as data_lib
-
-    if tc.steps:
-        return int(tc.steps)
-    dcfg = data_lib.DataConfig(
-        dataset=tc.dataset,
-        data_dir=tc.data_dir,
-        image_size=int(tc.image_size or 28),
-        search_size=tc.search_size,
-        split_seed=tc.split_seed,
-        max_train_examples=tc.max_train_examples,
-    )
-    train_size = data_lib.get_info(dcfg).split_sizes["train"]
-    return int(tc.epochs) * max(1, train_size // tc.batch_size)
-
-
-def run_train(tc, plan: dict, log=print) -> dict:
-    """Trains; returns the train result plus planning figures.
-
-    With an explicit ``train_steps`` the run has that many steps. Otherwise the recipe's steps
-    are time-boxed to ``train_minutes``: a probe of ``probe_steps`` steps (inside the LR
-    warm-up, whose values do not depend on the total, so the probe is the first part of the
-    final schedule) measures the steady step rate and the fixed costs (graph tracing, final
-    evaluation), then the run resumes from the probe's checkpoint with the steps that fit.
-    """
-    from elasticvit_tf.train import train_lib
-
-    target = int(plan["train_steps"] or _total_steps(tc))
-    box_s = float(plan["train_minutes"]) * 60.0
-    probe = 0
-    if not plan["train_steps"]:
-        probe = min(int(plan["probe_steps"]), max(0, int(tc.warmup_steps)), target // 4)
-    t0 = time.monotonic()
-    steps, rate, overhead = target, None, None
-    if probe > 0:
-        log(f"[train] probe: {probe} steps (inside the LR warm-up) to measure the step rate")
-        pr = train_lib.train(dataclasses.replace(tc, steps=probe, eval_batches=1, calib_batches=2))
-        probe_s = time.monotonic() - t0
-        rate = steady_step_rate(tc.model_dir, tc.batch_size)
-        if rate is None and pr["train_seconds"] > 0 and pr["step"] > pr["resumed_from_step"]:
-            rate = (pr["step"] - pr["resumed_from_step"]) / pr["train_seconds"]
-        if rate:
-            # Fixed costs seen by the probe (tracing, checkpoint, evaluation) recur once.
-            overhead = max(0.0, probe_s - (pr["step"] - pr["resumed_from_step"]) / rate)
-            final_eval_s = 30.0  # full test-split evaluation of the min and max subnets
-            left = box_s - probe_s - overhead - final_eval_s
-            steps = max(pr["step"], min(target, pr["step"] + int(max(0.0, left) * rate)))
-        log(
-            f"[train] probe: {rate or 0:.3f} steps/s steady, {overhead or 0:.0f}s fixed costs; "
-            f"planned {steps}/{target} steps to fit {box_s / 60:.1f} min"
-        )
-    result = train_lib.train(dataclasses.replace(tc, steps=steps))
-    result.update(
-        {
-            "target_steps": target,
-            "planned_steps": steps,
-            "time_box_s": box_s if probe > 0 else None,
-            "probe_steps": probe,
-            "probe_steps_per_s": rate,
-            "probe_overhead_s": overhead,
-            "time_boxed": steps < target,
-            "wall_seconds": time.monotonic() - t0,
-        }
-    )
-    return result
-
-
-def steady_step_rate(model_dir: str, batch_size: int) -> Optional[float]:
-    """Median logged throughput after the first logging window (which holds the tracing)."""
-    import numpy as np
-
-    tput = read_training_curve(model_dir).get("throughput_images_per_s", [])
-    vals = [v for _, v in tput[1:] if v > 0]
-    return float(np.median(vals)) / batch_size if vals else None
-
-
-def read_training_curve(model_dir: str) -> dict[str, list]:
-    """Scalars from the model_dir's TensorBoard logs and eval.json, for the curve PNG."""
-    import tensorflow as tf
-
-    curves: dict[str, list] = {}
-    tb = os.path.join(model_dir, "tensorboard", "train")
-    if os.path.isdir(tb):
-        for name in sorted(os.listdir(tb)):
-            if "tfevents" not in name:
-                continue
-            for event in tf.compat.v1.train.summary_iterator(os.path.join(tb, name)):
-                for v in event.summary.value:
-                    val = (
-                        float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
-                    )
-                    curves.setdefault(v.tag, []).append((int(event.step), val))
-    ev = _read_json(os.path.join(model_dir, "eval.json")) or {}
-    for rec in ev.get("records", []):
-        for k, v in rec.items():
-            if k.endswith("_top1") and v is not None:
-                curves.setdefault(f"eval/{k}", []).append((int(rec["step"]), float(v)))
-    return {k: sorted(set(v)) for k, v in curves.items()}
-
-
-# ------------------------------------------------------------------------------- lut
-def run_lut(space, plan: dict, config: DemoConfig, layout, log=print) -> dict:
-    from elasticvit_tf.export import lut_builder
-    from elasticvit_tf.search import latency
-
-    extra = {"clock": config.lut_clock} if config.lut_clock != "wall" else {}
-    out = lut_builder.build_lut(
-        space,
-        modes=("fp32", "int8"),
-        target="local",
-        num_threads=config.num_threads,
-        budget_s=plan["lut_budget_s"],
-        output_path=layout.lut_dir,
-        warmup=plan["lut_warmup"],
-        runs=plan["lut_runs"],
-        num_calibration=plan["lut_calibration"],
-        seed=config.seed,
-        log=log,
-        **extra,
-    )
-    result = {"paths": {}, "files": [], "modes": {}}
-    for mode, r in out.items():
-        pred = latency.load_predictor(r["path"], space, mode=mode)
-        lut = r["lut"]
-        result["paths"][mode] = r["path"]
-        result["files"].append(r["path"])
-        result["modes"][mode] = {
-            "blocks_measured": len(lut["entries"]),
-            "build_seconds": lut["provenance"]["build_seconds"],
-            "constant_ms": lut["constant_ms"],
-            "min_arch_ms": pred.predict(space.min_arch()),
-            "max_arch_ms": pred.predict(space.max_arch()),
-        }
-    return result
-
-
-def choose_budgets(lo_ms: float, hi_ms: float, fractions=BUDGET_FRACTIONS) -> list[float]:
-    """Budgets at ``fractions`` of the way from ``lo_ms`` to ``hi_ms``, rounded to 0.001 ms."""
-    if not 0 < lo_ms < hi_ms:
-        raise ValueError(
-            f"latency range ({lo_ms:g}, {hi_ms:g}) ms: expected 0 < min subnet < max subnet"
-        )
-    return [round(lo_ms + f * (hi_ms - lo_ms), 3) for f in fractions]
-
-
-# ------------------------------------------------------------------------------- search
-def search_config(plan: dict, config: DemoConfig, layout, lut_path: str, budgets):
-    from elasticvit_tf.search.search_lib import SearchConfig
-
-    return SearchConfig(
-        model_dir=layout.model_dir,
-        space="demo",
-        latency_lut=lut_path,
-        latency_mode=LATENCY_MODE,
-        latency_budgets_ms=tuple(budgets),
-        max_trials=plan["max_trials"],
-        population=plan["population"],
-        seed=config.seed,
-        directory=layout.root,
-        project_name="search",
-        calibration_batches=plan["search_calibration_batches"],
-        eval_batches=plan["search_eval_batches"],
-        batch_size=plan["search_batch_size"],
-    )
-
-
-def _completed_trials(project_dir: str) -> int:
-    n = 0
-    if not os.path.isdir(project_dir):
-        return 0
-    for name in os.listdir(project_dir):
-        rec = _read_json(os.path.join(project_dir, name, "trial.json"))
-        if rec and rec.get("status") == "COMPLETED":
-            n += 1
-    return n
-
-
-def run_search_stage(sc, space, log=print) -> dict:
-    from elasticvit_tf.flops import count_params
-    from elasticvit_tf.search import search_lib
-
-    project = os.path.join(sc.directory, sc.project_name)
-    progress = lambda: f"({_completed_trials(project)}/{sc.max_trials} trials done)"  # noqa: E731
-    with Heartbeat("search", progress, every=10.0):
-        res = search_lib.run_search(sc)
-    from elasticvit_tf.arch import ArchConfig
-
-    best = {}
-    for b, rec in res["best"].items():
-        if rec is None:
-            best[f"{b:g}"] = None
-            continue
-        arch = ArchConfig.from_dict(rec["arch"])
-        best[f"{b:g}"] = {
-            "budget_ms": b,
-            "trial_id": rec["trial_id"],
-            "arch_key": rec["arch_key"],
-            "arch": rec["arch"],
-            "search_top1": rec["top1"],
-            "latency_ms": rec["latency_ms"],
-            "mflops": rec["mflops"],
-            "params_m": count_params(space, arch) / 1e6,
-        }
-    pareto = _read_json(res["paths"]["pareto.json"]) or {}
-    log(f"[search] {res['trials']} trials, stop reason: {res['stop_reason']}")
-    return {
-        "trials": res["trials"],
-        "evaluations": res["evaluations"],
-        "stop_reason": res["stop_reason"],
-        "front": res["front"],
-        "best": best,
-        "points": [
-            {k: p.get(k) for k in ("trial_id", "top1", "latency_ms", "mflops", "on_front")}
-            for p in pareto.get("points", [])
-        ],
-        "paths": res["paths"],
-        "files": list(res["paths"].values()),
-    }
-
-
-# ------------------------------------------------------------------------------- export
-def export_config(plan: dict, config: DemoConfig, layout, arch_path: str, out_dir: str):
-    from elasticvit_tf.export.main import ExportConfig
-
-    return ExportConfig(
-        output_dir=out_dir,
-        model_dir=layout.model_dir,
-        arch=arch_path,
-        space="demo",
-        quantize=("float32", "int8"),
-        representative_steps=plan["export_representative_steps"],
-        calibration_batches=plan["export_calibration_batches"],
-        verify_images=plan["export_verify_images"],
-        max_accuracy_drop=EXPORT_MAX_DROP,
-        num_threads=config.num_threads,
-        warmup_runs=plan["export_warmup_runs"],
-        benchmark_runs=plan["export_benchmark_runs"],
-        seed=config.seed,
-    )
-
-
-def _mode_summary(entry: dict, out_dir: str) -> dict:
-    ver, bench = entry["verification"], entry.get("benchmark", {})
-    return {
-        "file": os.path.join(out_dir, entry["file"]),
-        "size_bytes": entry["size_bytes"],
-        "accuracy": ver.get("accuracy"),
-        "keras_accuracy": ver.get("keras_accuracy"),
-        "accuracy_drop": ver.get("accuracy_drop"),
-        "max_abs_error": ver.get("max_abs_error"),
-        "top1_agreement": ver.get("top1_agreement"),
-        "median_ms": bench.get("median_ms"),
-        "p5_ms": bench.get("p5_ms"),
-        "p95_ms": bench.get("p95_ms"),
-    }
-
-
-def run_export_stage(plan, config, layout, best: dict, log=print) -> dict:
-    """Exports each budget's best arch (an arch chosen by several budgets is exported once)."""
-    from elasticvit_tf.arch import ArchConfig
-    from elasticvit_tf.export.main import run_export
-
-    os.makedirs(layout.export_dir, exist_ok=True)
-    done: dict[str, dict] = {}
-    result = {"budgets": {}, "files": [], "configs": {}}
-    for tag, rec in best.items():
-        if rec is None:
-            result["budgets"][tag] = None
-            continue
-        key = rec["arch_key"]
-        if key not in done:
-            name = f"subnet_{len(done)}"
-            arch_path = os.path.join(layout.export_dir, f"{name}_arch.json")
-            with open(arch_path, "w") as f:
-                f.write(ArchConfig.from_dict(rec["arch"]).to_json(indent=2))
-            out_dir = os.path.join(layout.export_dir, name)
-            ec = export_config(plan, config, layout, arch_path, out_dir)
-            banner(f"export {name} (budget {tag} ms): {key}")
-            t0 = time.monotonic()
-            report = run_export(ec, log=log)
-            modes = {m: _mode_summary(e, out_dir) for m, e in report["modes"].items()}
-            done[key] = {
-                "name": name,
-                "arch_path": arch_path,
-                "output_dir": out_dir,
-                "report_json": os.path.join(out_dir, "export_report.json"),
-                "report_md": os.path.join(out_dir, "export_report.md"),
-                "seconds": time.monotonic() - t0,
-                "num_verify_images": report["num_verify_images"],
-                "modes": modes,
-            }
-            result["configs"][name] = dataclasses.asdict(ec)
-            result["files"] += [arch_path, done[key]["report_json"]]
-            result["files"] += [m["file"] for m in modes.values()]
-        result["budgets"][tag] = done[key]
-    return result
-
-
 # ------------------------------------------------------------------------------- main
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     """Runs the whole demo; writes ``report.md``/``report.json``/PNGs; returns the report dict."""
@@ -637,15 +198,18 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     tc = train_config(config, plan, dataset, data_dir, layout)
     # Inputs = what the demo decides (its flags, plan and data), not the training library's
     # other defaults: a library update alone does not throw away a trained supernet.
+    train_plan = {k: plan[k] for k in TRAIN_PLAN_KEYS}
+    if plan["num_subnets"]:
+        train_plan["num_subnets"] = plan["num_subnets"]
     train_fp = fingerprint(
         {
-            "plan": {k: plan[k] for k in TRAIN_PLAN_KEYS},
+            "plan": train_plan,
             "dataset": [dataset, data_dir],
             "seed": config.seed,
             "recipe": "TrainConfig.demo",
         }
     )
-    train_res, secs, reused = _run_stage(
+    train_res, secs, reused = run_stage(
         layout,
         "train",
         train_fp,
@@ -667,7 +231,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
         | ({"clock": config.lut_clock} if config.lut_clock != "wall" else {})
     )
     with Heartbeat("lut"):
-        lut_res, secs, reused = _run_stage(
+        lut_res, secs, reused = run_stage(
             layout,
             "lut",
             lut_fp,
@@ -700,7 +264,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
             "lut": lut_fp,
         }
     )
-    search_res, secs, reused = _run_stage(
+    search_res, secs, reused = run_stage(
         layout, "search", search_fp, config.resume, lambda: run_search_stage(sc, space, log), log
     )
     stages["search"] = {"seconds": secs, "reused": reused}
@@ -715,7 +279,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
             "seed": config.seed,
         }
     )
-    export_res, secs, reused = _run_stage(
+    export_res, secs, reused = run_stage(
         layout,
         "export",
         export_fp,
