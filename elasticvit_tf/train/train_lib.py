@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -262,8 +262,13 @@ def _check_existing(model_dir: str, new_config: dict, space) -> bool:
 
 
 # ------------------------------------------------------------------------------ train
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     """Trains (or resumes) a supernet; returns the final metrics.
+
+    Args:
+        config: the run.
+        extra_callbacks: Keras callbacks appended after the built-in ones (they see
+            ``self.model``, the ``SupernetTrainer``, whose ``net`` is the supernet).
 
     Returns:
         dict with ``step``, ``epochs``, ``min_top1``, ``max_top1`` (EMA weights, BN
@@ -457,12 +462,15 @@ def train(config: TrainConfig) -> dict:
         config.checkpoint_every,
         after_save=_cleanup,
     )
+    if resume:
+        ckpt_cb.last_saved = state.step  # the restored checkpoint is this step's
     callbacks = [
         cb.StepCounter(state),
         sampler_cb,
         cb.ScalarLogger(os.path.join(tb, "train"), state, sampler_cb, config.log_every),
         eval_cb,
         ckpt_cb,
+        *extra_callbacks,
     ]
 
     # ---------------------------------------------------------------- fit

@@ -1,0 +1,100 @@
+"""train_lib: TrainConfig, validation, and a tiny-space run on digits (one device)."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from elasticvit_tf import model_dir as md
+from elasticvit_tf.train import train_lib
+from elasticvit_tf.train.train_lib import TrainConfig
+
+
+def test_config_roundtrip_and_unknown_keys():
+    cfg = TrainConfig.demo("/tmp/x", epochs=2)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.space == "demo" and cfg.dataset == "fashion_mnist" and cfg.epochs == 2
+    with pytest.raises(ValueError, match="unknown key"):
+        TrainConfig.from_dict({"model_dir": "x", "learning_rate": 1})
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("model_dir", "", "model_dir is required"),
+        ("sampler", "greedy", "unknown sampler 'greedy'"),
+        ("strategy", "tpu", "unknown strategy 'tpu'"),
+        ("batch_size", 0, "batch_size=0"),
+        ("steps", 0, "steps=0"),
+        ("eval_split", "train", "eval_split='train'"),
+        ("ema_decay", 1.0, "ema_decay=1.0"),
+        ("space", "huge", "unknown space 'huge'"),
+    ],
+)
+def test_validate_config(field, value, message):
+    cfg = dataclasses.replace(TrainConfig(model_dir="/tmp/x"), **{field: value})
+    with pytest.raises(ValueError, match=message):
+        train_lib.validate_config(cfg)
+
+
+def test_make_strategy_multi_worker_needs_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs TF_CONFIG"):
+        train_lib.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        train_lib.make_strategy("auto")
+
+
+@pytest.mark.slow
+def test_tiny_digits_one_device_better_than_chance(tmp_path):
+    out = str(tmp_path / "run")
+    cfg = TrainConfig(
+        model_dir=out,
+        space="tiny",
+        dataset="digits",
+        sampler="elasticvit",
+        strategy="one_device",
+        steps=150,
+        steps_per_epoch=50,
+        batch_size=64,
+        lr=5e-3,
+        lr_reference_batch=0,
+        warmup_steps=10,
+        min_lr=1e-4,
+        ema_decay=0.99,
+        ema_warmup=True,
+        label_smoothing=0.0,
+        checkpoint_every=100,
+        eval_every=0,
+        calib_batches=5,
+        search_size=100,
+        verbose=0,
+    )
+    r = train_lib.train(cfg)
+    assert r["step"] == 150 and r["trace_count"] == 1  # archs change every step: one trace
+    # Chance is 10 %: the global min and max subnets (EMA, BN recalibrated) on the held-out
+    # digits test split (360 images).
+    assert r["min_top1"] >= 0.5 and r["max_top1"] >= 0.5, r
+
+    # The model_dir contract: config, checkpoints (100 and the final 150), TensorBoard, eval.
+    config = md.read_config(out)
+    assert config["space"] == "tiny" and config["num_classes"] == 10
+    assert config["data"]["dataset"] == "digits" and config["total_steps"] == 150
+    assert md.latest_checkpoint(out).endswith("ckpt-150")
+    assert os.listdir(os.path.join(out, "tensorboard", "train"))
+    with open(md.eval_path(out)) as f:
+        assert json.load(f)["latest"]["min_top1"] == pytest.approx(r["min_top1"])
+
+    # load_supernet reads it back (EMA weights by default, live weights on request).
+    net, _ = md.load_supernet(out, "tiny")
+    live, _ = md.load_supernet(out, "tiny", use_ema=False)
+    a = [v.numpy() for v in md.ema_source_variables(net)]
+    b = [v.numpy() for v in md.ema_source_variables(live)]
+    assert any(not np.array_equal(x, y) for x, y in zip(a, b))
+
+    # Running again with the same config resumes and has nothing left to do.
+    again = train_lib.train(cfg)
+    assert again["resumed_from_step"] == 150 and again["step"] == 150
