@@ -257,14 +257,14 @@ def calibration_archs(space: SearchSpace, n: int, seed: int = 0) -> list[ArchCon
 
 # ------------------------------------------------------------------------------- fitting
 def fit_kind_model(kind: OpKind, sigs: Sequence[OpSignature], ms: Sequence[float]) -> dict:
-    """Non-negative least squares on the kind's features, with a free intercept.
+    """Non-negative least squares of relative error on the kind's features, free intercept.
 
-    With fewer samples than features + 2 only MACs is used; with one sample the model is
-    proportional to MACs.
+    Fewer samples than features + 2: MACs and activation traffic (>= 4 samples) or MACs only;
+    one sample: proportional to MACs.
     """
     names = list(KIND_FEATURES[kind])
     if len(sigs) < len(names) + 2:
-        names = ["macs"]
+        names = ["macs", "act_elems"] if len(sigs) >= 4 else ["macs"]
     if len(sigs) == 1:
         macs = max(op_features(sigs[0])["macs"], 1.0)
         return {
@@ -281,9 +281,9 @@ GLOBAL_FEATURES = ("macs", "act_elems", "attn_elems", "ops")
 
 
 def fit_models(measured: dict[OpSignature, float]) -> dict[str, dict]:
-    """Per-kind models; a kind with too few samples for its own features gets the model fitted
-    on all measured blocks (shared features incl. the op count), so short budgets still
-    transfer what was measured instead of falling back to a MACs-only line."""
+    """One model per block kind with >= 2 measurements (``source: "kind"``); kinds with fewer
+    get the model fitted on all measured blocks (``source: "all_kinds"``: shared features
+    incl. the op count), so a short budget still transfers what was measured."""
     sigs = list(measured)
     models = {}
     glob = None
@@ -292,21 +292,14 @@ def fit_models(measured: dict[OpSignature, float]) -> dict[str, dict]:
         glob["source"] = "all_kinds"
     for kind in OpKind:
         ks = [s for s in sigs if s.kind is kind]
-        if not ks:
-            if glob is not None:
-                models[kind.value] = dict(glob, n_samples=0)
-            continue
-        if len(ks) < len(KIND_FEATURES[kind]) + 2 and glob is not None:
-            y = [measured[s] for s in ks]
-            pred = [predict_kind(glob, s) for s in ks]
-            models[kind.value] = dict(
-                glob,
-                n_samples=len(ks),
-                train_mape=float(np.mean(np.abs(np.subtract(pred, y)) / y)),
-            )
-        else:
+        if len(ks) >= 2 or (ks and glob is None):
             models[kind.value] = fit_kind_model(kind, ks, [measured[s] for s in ks])
             models[kind.value]["source"] = "kind"
+        elif glob is not None:
+            y = [measured[s] for s in ks]
+            pred = [predict_kind(glob, s) for s in ks]
+            mape = float(np.mean(np.abs(np.subtract(pred, y)) / y)) if ks else 0.0
+            models[kind.value] = dict(glob, n_samples=len(ks), train_mape=mape)
     return models
 
 
@@ -316,7 +309,9 @@ def _fit_linear(names, sigs, ms) -> dict:
     x = np.array([[op_features(s)[f] for f in names] for s in sigs], dtype=np.float64)
     y = np.asarray(ms, dtype=np.float64)
     scale = np.maximum(x.max(axis=0), 1.0)  # NOTE: conditioning only; coef rescaled below
-    reg = LinearRegression(positive=True).fit(x / scale, y)
+    # NOTE: weights 1/y^2 minimise the squared *relative* error: blocks span 100x in latency
+    # and the big ones would otherwise decide the fit of the small ones.
+    reg = LinearRegression(positive=True).fit(x / scale, y, sample_weight=1.0 / y**2)
     coef = reg.coef_ / scale
     pred = x @ coef + reg.intercept_
     return {
@@ -469,12 +464,13 @@ def build_mode_lut(
     log(f"[{mode}] measured {len(measured)}/{len(order)} blocks in {time.monotonic() - t0:.1f}s")
     models = fit_models(measured)
     cal_deadline = t0 + budget_s
-    sums, wholes = [], []
+    sums, wholes, cal_archs = [], [], []
     for arch in calibration_archs(space, num_calibration, seed):
         if len(sums) >= min(2, num_calibration) and time.monotonic() > cal_deadline:
             break
         wholes.append(measure_arch(space, arch, mode, cfg)["median_ms"])
         sums.append(blocks_sum(space, arch, measured, models))
+        cal_archs.append(arch.to_dict())
     scale, constant = fit_calibration(sums, wholes)
     log(
         f"[{mode}] calibrated on {len(sums)} subnets: scale {scale:.3f}, constant "
@@ -489,10 +485,31 @@ def build_mode_lut(
         "provenance": {**provenance(target, cfg), "build_seconds": time.monotonic() - t0},
         "constant_ms": constant,
         "scale": scale,
-        "calibration": {"blocks_sum_ms": sums, "whole_ms": wholes},
+        "calibration": {"archs": cal_archs, "blocks_sum_ms": sums, "whole_ms": wholes},
         "entries": [{"op": s.to_dict(), "latency_ms": v} for s, v in measured.items()],
         "models": models,
     }
+
+
+def refit_lut(lut: dict, space: SearchSpace) -> dict:
+    """Redoes a LUT's fits and constant from its own measurements (entries + calibration
+    subnets), e.g. after a fitting change; measures nothing and reads no other data."""
+    if lut.get("space_fingerprint") != space.fingerprint():
+        raise ValueError(
+            f"refit: LUT fingerprint {lut.get('space_fingerprint')!r} != space "
+            f"{space.name!r} fingerprint {space.fingerprint()!r}"
+        )
+    measured = {OpSignature.from_dict(e["op"]): float(e["latency_ms"]) for e in lut["entries"]}
+    cal = dict(lut["calibration"])
+    if "archs" in cal:
+        archs = [ArchConfig.from_dict(a) for a in cal["archs"]]
+    else:  # LUTs written before the archs were recorded: the builder's default seed 0
+        archs = calibration_archs(space, len(cal["whole_ms"]), 0)
+    models = fit_models(measured)
+    cal["blocks_sum_ms"] = [blocks_sum(space, a, measured, models) for a in archs]
+    cal["archs"] = [a.to_dict() for a in archs]
+    scale, constant = fit_calibration(cal["blocks_sum_ms"], cal["whole_ms"])
+    return {**lut, "models": models, "calibration": cal, "constant_ms": constant, "scale": scale}
 
 
 def build_lut(

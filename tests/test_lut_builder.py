@@ -95,9 +95,12 @@ def test_fit_kind_model_exact_on_linear_data():
 def test_kinds_with_few_samples_use_the_all_kinds_model():
     space = get_space("demo")
     order = lut_builder.design_order(space)
-    measured = {s: _fake_block_ms(s) for s in order[:12]}  # 2 per kind
+    measured = {s: _fake_block_ms(s) for s in order[:6]}  # 1 per kind
     models = lut_builder.fit_models(measured)
     assert {m["source"] for m in models.values()} == {"all_kinds"}
+    more = lut_builder.fit_models({s: _fake_block_ms(s) for s in order[:12]})  # 2 per kind
+    assert {m["source"] for m in more.values()} == {"kind"}
+    assert all(m["features"] == ["macs"] for m in more.values())
     head = [s for s in enumerate_ops(space)[OpKind.HEAD]][0]
     assert lut_builder.predict_kind(models["head"], head) == pytest.approx(
         _fake_block_ms(head), rel=0.05
@@ -210,3 +213,14 @@ def test_prior_entries_are_kept_and_must_match(fake_device):
     assert again["entries"] == first["entries"]
     with pytest.raises(ValueError, match="prior LUT"):
         lut_builder.build_mode_lut(space, "int8", budget_s=0.5, prior=first)
+
+
+def test_refit_reproduces_a_build_from_its_own_data(fake_device):
+    space = get_space("demo")
+    lut = lut_builder.build_mode_lut(space, "fp32", budget_s=2.0, num_calibration=3)
+    again = lut_builder.refit_lut(json.loads(json.dumps(lut)), space)
+    assert again["models"] == json.loads(json.dumps(lut["models"]))
+    assert again["constant_ms"] == pytest.approx(lut["constant_ms"])
+    assert again["entries"] == json.loads(json.dumps(lut["entries"]))
+    with pytest.raises(ValueError, match="fingerprint"):
+        lut_builder.refit_lut(lut, get_space("tiny"))
