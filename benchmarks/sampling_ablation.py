@@ -78,14 +78,16 @@ def main(argv=None):
     work = args.work_dir or tempfile.mkdtemp(prefix="sampling_ablation_")
     results = {}
     for name in args.samplers.split(","):
-        cos_steps, cos_slots = [], []
+        logged = []
 
         class Cosines(keras.callbacks.Callback):
+            def __init__(self, sink):
+                super().__init__()
+                self.sink = sink
+
             def on_train_batch_end(self, batch, logs=None):
                 if logs and "grad_cos_step" in logs:
-                    cos_slots.append(float(logs["grad_cos"]))
-                    if batch > 0 or cos_steps or len(cos_slots) > 1:
-                        cos_steps.append(float(logs["grad_cos_step"]))
+                    self.sink.append((float(logs["grad_cos"]), float(logs["grad_cos_step"])))
 
         cfg = train_lib.TrainConfig(
             model_dir=os.path.join(work, name),
@@ -111,17 +113,19 @@ def main(argv=None):
             verbose=0,
         )
         t0 = time.perf_counter()
-        train_result = train_lib.train(cfg, extra_callbacks=[Cosines()])
+        train_result = train_lib.train(cfg, extra_callbacks=[Cosines(logged)])
+        cos_slots = [c for c, _ in logged]
+        cos_steps = [c for _, c in logged[1:]]  # step 0 has no previous update
         train_s = time.perf_counter() - t0
         net, config = md.load_supernet(cfg.model_dir, args.space, use_ema=True)
         dcfg = data_lib.DataConfig.from_dict(config["data"])
 
-        def calib():
+        def calib(dcfg=dcfg):
             return data_lib.make_dataset(
                 dcfg, "train", args.batch_size, training=True, repeat=True, seed=args.seed + 1
             )
 
-        def test():
+        def test(dcfg=dcfg):
             ds = data_lib.make_dataset(dcfg, "test", 256, training=False)
             return ds.take(args.eval_batches) if args.eval_batches else ds
 

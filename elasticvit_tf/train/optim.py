@@ -17,7 +17,6 @@ import math
 from typing import Optional, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 # Official values (spec §6.4), for a global batch of LR_REFERENCE_BATCH images.

@@ -26,7 +26,7 @@ only a change of the role layout (whether the last slot distils) needs a new tra
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import keras
 import tensorflow as tf

@@ -17,7 +17,6 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-import numpy as np
 
 from elasticvit_tf import model_dir as md
 
