@@ -393,7 +393,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- verification: {report['num_verify_images']} images, labels: {report['labels']}",
         f"- date: {prov['date']}, host: {prov['host']} ({prov['processor']}), "
         f"threads: {prov['num_threads']}",
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
         "",
         "| mode | file | size KiB | max abs err | mean abs err | top-1 agree % | top-1 acc % "
         "| drop pts | median ms | p5 ms | p95 ms | init ms |",
