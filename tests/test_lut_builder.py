@@ -11,8 +11,10 @@ from elasticvit_tf.latency_ops import OpKind, OpSignature, decompose, enumerate_
 from elasticvit_tf.search.latency import load_predictor
 from elasticvit_tf.space import get_space
 
-# A known "device": every block costs 2 us + 1 ns per MAC + 0.5 ns per activation element.
+# A known "device": every block costs 2 us + 1 ns per MAC + 0.5 ns per activation element;
+# each invoke costs _INVOKE_MS once; a whole subnet has _OVERHEAD_MS more.
 _OVERHEAD_MS = 0.05
+_INVOKE_MS = 0.004
 
 
 def _fake_block_ms(sig):
@@ -21,7 +23,7 @@ def _fake_block_ms(sig):
 
 
 def _fake_whole(space, arch):
-    return sum(_fake_block_ms(s) for s in decompose(space, arch)) + _OVERHEAD_MS
+    return sum(_fake_block_ms(s) for s in decompose(space, arch)) + _OVERHEAD_MS + _INVOKE_MS
 
 
 @pytest.fixture
@@ -30,7 +32,10 @@ def fake_device(monkeypatch):
 
     def measure_op(sig, mode, cfg):
         calls["op"] += 1
-        return _fake_block_ms(sig) * (1.5 if mode == "int8" else 1.0)
+        return _fake_block_ms(sig) * (1.5 if mode == "int8" else 1.0) + _INVOKE_MS
+
+    def measure_invoke_overhead(mode, cfg):
+        return _INVOKE_MS
 
     def measure_arch(space, arch, mode, cfg):
         calls["arch"] += 1
@@ -38,6 +43,7 @@ def fake_device(monkeypatch):
 
     monkeypatch.setattr(lut_builder, "measure_op", measure_op)
     monkeypatch.setattr(lut_builder, "measure_arch", measure_arch)
+    monkeypatch.setattr(lut_builder, "measure_invoke_overhead", measure_invoke_overhead)
     return calls
 
 
@@ -77,7 +83,12 @@ def test_fit_recovers_a_linear_device_and_predicts_held_out_archs(fake_device):
     for _ in range(30):
         a = space.sample(rng)
         assert pred.predict(a) == pytest.approx(_fake_whole(space, a), rel=0.03)
-    assert lut["constant_ms"] == pytest.approx(_OVERHEAD_MS, abs=0.01)
+    assert lut["constant_ms"] == pytest.approx(_OVERHEAD_MS + _INVOKE_MS, abs=0.01)
+    assert lut["invoke_overhead_ms"] == _INVOKE_MS
+    # Entries are net of the invoke overhead.
+    e = lut["entries"][0]
+    sig = OpSignature.from_dict(e["op"])
+    assert e["latency_ms"] == pytest.approx(_fake_block_ms(sig))
 
 
 def test_fit_kind_model_exact_on_linear_data():
