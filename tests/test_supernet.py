@@ -276,7 +276,7 @@ def test_mirrored_strategy_sees_callback_arch(tmp_path):
     script.write_text(_MIRRORED_SCRIPT)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     res = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=1200, env=env
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "REPLICAS 2 OK" in res.stdout

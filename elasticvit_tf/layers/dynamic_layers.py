@@ -263,15 +263,17 @@ class DynamicBatchNorm(keras.layers.Layer):
             name="gamma", shape=c, initializer="zeros" if self.zero_init else "ones"
         )
         self.beta = self.add_weight(name="beta", shape=c, initializer="zeros")
+        # NOTE: aggregation "none" like keras.layers.BatchNormalization: under MirroredStrategy
+        # each replica updates its own copy (plain per-device BN, spec §2); "mean" would need a
+        # merge_call, which is not allowed inside the depth tf.cond branches.
         self.moving_mean = self.add_weight(
-            name="moving_mean", shape=c, initializer="zeros", trainable=False, aggregation="mean"
+            name="moving_mean", shape=c, initializer="zeros", trainable=False
         )
         self.moving_variance = self.add_weight(
             name="moving_variance",
             shape=c,
             initializer="ones",
             trainable=False,
-            aggregation="mean",
         )
         self.built = True
 
