@@ -37,6 +37,21 @@ def _loss(y, logits):
     return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
 
 
+def make_grad(model, call):
+    """Forward + backward only (no optimizer): isolates the graph overhead of the supernet
+    from the optimizer update, which touches every super-weight (by design, spec §6.4)."""
+    variables = model.trainable_variables
+
+    @tf.function(jit_compile=False)
+    def grad(x, y):
+        with tf.GradientTape() as tape:
+            loss = _loss(y, call(x))
+        grads = tape.gradient(loss, variables)
+        return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None]) + loss
+
+    return grad
+
+
 def make_step(model, call):
     opt = keras.optimizers.AdamW(1e-4)
     variables = model.trainable_variables
@@ -71,6 +86,7 @@ def bench_space(name, reps, n_archs, num_classes=10):
     space = get_space(name)
     net = ElasticSupernet(space, num_classes, num_slots=1)
     super_step = make_step(net, lambda x: net(x, training=True, slot=0))
+    super_grad = make_grad(net, lambda x: net(x, training=True, slot=0))
     rows = []
     rng = np.random.default_rng(0)
     for label, arch in (
@@ -84,14 +100,16 @@ def bench_space(name, reps, n_archs, num_classes=10):
         net.set_arch(arch)
         model = extract_subnet(net, arch)
         static_step = make_step(model, lambda x, m=model: m(x, training=True))
+        static_grad = make_grad(model, lambda x, m=model: m(x, training=True))
+        fns = [super_step, static_step, super_grad, static_grad]
         for _ in range(3):  # warm-up (traces, grappler, allocator)
-            super_step(x, y).numpy()
-            static_step(x, y).numpy()
-        ts, tm = [], []
+            for fn in fns:
+                fn(x, y).numpy()
+        times = [[] for _ in fns]
         for _ in range(reps):
-            ts.append(_timed(super_step, x, y))
-            tm.append(_timed(static_step, x, y))
-        ts, tm = np.array(ts), np.array(tm)
+            for fn, t in zip(fns, times):
+                t.append(_timed(fn, x, y))
+        ts, tm, gs, gm = (np.array(t) for t in times)
         row = {
             "space": name,
             "arch": label,
@@ -110,13 +128,21 @@ def bench_space(name, reps, n_archs, num_classes=10):
             ],
         }
         row["ratio"] = row["supernet_ms"] / row["static_ms"]
+        row["supernet_fwd_bwd_ms"] = float(np.median(gs) * 1e3)
+        row["static_fwd_bwd_ms"] = float(np.median(gm) * 1e3)
+        row["ratio_fwd_bwd"] = row["supernet_fwd_bwd_ms"] / row["static_fwd_bwd_ms"]
+        row["supernet_params"] = int(sum(np.prod(v.shape) for v in net.trainable_variables))
+        row["static_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
         rows.append(row)
         print(
             f"{name:10s} {label:6s} {row['mflops']:9.2f} MFLOPs b={b:3d}  supernet "
             f"{row['supernet_ms']:8.1f} ms  static {row['static_ms']:8.1f} ms  "
-            f"ratio {row['ratio']:.3f}",
+            f"ratio {row['ratio']:.3f} | fwd+bwd {row['supernet_fwd_bwd_ms']:.1f} vs "
+            f"{row['static_fwd_bwd_ms']:.1f} ms ratio {row['ratio_fwd_bwd']:.3f}",
             flush=True,
         )
+    if n_archs <= 0:
+        return rows, {"space": name, "archs": 0, "retraces": None}
     # retraces over random archs at a fixed input shape, after warm-up
     r = min(space.resolutions)  # any fixed input size works (resized in-model)
     b = BATCH[name]
@@ -159,12 +185,17 @@ def main():
         rows, tr = bench_space(name, args.reps, args.archs)
         all_rows += rows
         traces.append(tr)
-    print("\n| space | arch | MFLOPs | batch | supernet ms | static ms | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| space | arch | MFLOPs | batch | supernet ms | static ms | ratio "
+        "| fwd+bwd supernet ms | fwd+bwd static ms | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in all_rows:
         print(
             f"| {r['space']} | {r['arch']} | {r['mflops']:.2f} | {r['batch']} | "
-            f"{r['supernet_ms']:.1f} | {r['static_ms']:.1f} | {r['ratio']:.3f} |"
+            f"{r['supernet_ms']:.1f} | {r['static_ms']:.1f} | {r['ratio']:.3f} | "
+            f"{r['supernet_fwd_bwd_ms']:.1f} | {r['static_fwd_bwd_ms']:.1f} | "
+            f"{r['ratio_fwd_bwd']:.3f} |"
         )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     result = {
