@@ -262,6 +262,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
             "budgets": budgets,
             "train": train_fp,
             "lut": lut_fp,
+            "impl": 2,  # per-budget fallback searches
         }
     )
     search_res, secs, reused = run_stage(

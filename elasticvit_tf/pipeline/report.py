@@ -223,6 +223,7 @@ def build_report(ctx: dict) -> dict:
             ctx["config"].get("lut_clock", "wall"),
         ),
         "search": search_command(ctx["search_config"]),
+        "search_extra": [search_command(c) for c in ctx["search"].get("extra_configs", [])],
         "export": [export_command(ec) for ec in ctx["export"]["configs"].values()],
     }
     files = {
@@ -428,6 +429,7 @@ def markdown(r: dict) -> str:
         r["commands"]["train"],
         r["commands"]["lut"],
         r["commands"]["search"],
+        *r["commands"].get("search_extra", []),
         *r["commands"]["export"],
         "```",
         "",
@@ -449,7 +451,8 @@ def write_report(ctx: dict) -> dict:
     """Writes ``report.json``, ``report.md``, ``pareto.png`` and ``training_curve.png``."""
     layout = ctx["layout"]
     report = build_report(ctx)
-    src = ctx["search"]["paths"].get("pareto.png")
+    paths = ctx["search"]["paths"]
+    src = paths.get("pareto_all.png") or paths.get("pareto.png")
     if src and os.path.isfile(src):
         shutil.copyfile(src, layout.pareto_png)
     else:
