@@ -21,14 +21,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from elasticvit_tf.extract import extract_subnet  # noqa: E402
-from elasticvit_tf.flops import count_flops  # noqa: E402
-from elasticvit_tf.space import get_space  # noqa: E402
-from elasticvit_tf.supernet import ElasticSupernet  # noqa: E402
+from elasticvit_tf.extract import extract_subnet
+from elasticvit_tf.flops import count_flops
+from elasticvit_tf.space import get_space
+from elasticvit_tf.supernet import ElasticSupernet
 
 BATCH = {"tiny": 8, "demo": 16, "elasticvit": 2}
 

@@ -20,12 +20,14 @@ from elasticvit_tf.arch import ArchConfig
 from elasticvit_tf.layers.resize import resize_images
 
 
-def extract_subnet(net, arch: ArchConfig = None, name: str = None) -> keras.Model:
+def extract_subnet(net, arch: ArchConfig | None = None, name: str | None = None) -> keras.Model:
     """Builds the standalone static model of ``arch`` (default: slot 0's active arch)."""
     from elasticvit_tf.supernet import ElasticSupernet
 
     if not isinstance(net, ElasticSupernet):
-        raise ValueError(f"extract_subnet: expected an ElasticSupernet, got {type(net).__name__}")
+        raise ValueError(  # noqa: TRY004 (project rule: ValueError on user input)
+            f"extract_subnet: expected an ElasticSupernet, got {type(net).__name__}"
+        )
     if arch is None:
         arch = net.get_arch(0)
     sp = net.space
@@ -122,7 +124,7 @@ def recalibrate_bn(target, dataset, num_batches: int, slot: int = 0) -> None:
     elif isinstance(target, keras.Model):
         _recalibrate_static(target, dataset, num_batches)
     else:
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004
             f"recalibrate_bn: expected an ElasticSupernet or keras.Model, got "
             f"{type(target).__name__}"
         )

@@ -40,8 +40,7 @@ Official PyTorch tensor -> variable (spec §11 transposes: conv ``(2, 3, 1, 0)``
 
 from __future__ import annotations
 
-import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -99,7 +98,7 @@ class ElasticSupernet(keras.Model):
 
     def __init__(
         self,
-        space: Union[SearchSpace, str],
+        space: SearchSpace | str,
         num_classes: int,
         num_slots: int = 4,
         resize_method: str = "bicubic",
@@ -112,7 +111,9 @@ class ElasticSupernet(keras.Model):
         if isinstance(space, dict):
             space = SearchSpace.from_dict(space)
         if not isinstance(space, SearchSpace):
-            raise ValueError(f"space: expected a SearchSpace or preset name, got {space!r}")
+            raise ValueError(  # noqa: TRY004
+                f"space: expected a SearchSpace or preset name, got {space!r}"
+            )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes={num_classes!r}; expected a positive int")
         if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
@@ -208,7 +209,9 @@ class ElasticSupernet(keras.Model):
     # ---------------------------------------------------------------------------- archs
     def _check_slot(self, slot):
         if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)):
-            raise ValueError(f"slot={slot!r}; expected a Python int in [0, {self.num_slots})")
+            raise ValueError(  # noqa: TRY004
+                f"slot={slot!r}; expected a Python int in [0, {self.num_slots})"
+            )
         if not 0 <= int(slot) < self.num_slots:
             raise ValueError(f"slot={slot}; expected 0 <= slot < num_slots={self.num_slots}")
         return int(slot)
@@ -267,7 +270,7 @@ class ElasticSupernet(keras.Model):
         x = self.first_conv(x, width=c0, training=training)
         dmin = min(sp.stem.depths)
         for j, blk in enumerate(self.stem_blocks):
-            fn = lambda x=x, blk=blk: blk(x, width=c0, kernel=k0, training=training)  # noqa: E731
+            fn = lambda x=x, blk=blk: blk(x, width=c0, kernel=k0, training=training)
             x = fn() if j < dmin else tf.cond(d0 > j, fn, lambda x=x: tf.identity(x))
         side = None
         for i, (st, blocks) in enumerate(zip(sp.stages, self.stages)):

@@ -81,7 +81,7 @@ def test_variable_paths_are_stable(net):
     ):
         assert p in paths, p
     # one variable per super-weight: the official qkv layout [C, 2 C + vmax C]
-    qkv = [v for v in net.weights if v.path == "elastic_supernet/stage3_layer0/qkv/kernel"][0]
+    qkv = next(v for v in net.weights if v.path == "elastic_supernet/stage3_layer0/qkv/kernel")
     assert tuple(qkv.shape) == (32, (2 + 2) * 32)
 
 
@@ -276,7 +276,12 @@ def test_mirrored_strategy_sees_callback_arch(tmp_path):
     script.write_text(_MIRRORED_SCRIPT)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     res = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=1200, env=env
+        [sys.executable, str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "REPLICAS 2 OK" in res.stdout
