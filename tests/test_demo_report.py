@@ -221,6 +221,17 @@ def test_commands_carry_the_demo_settings(tmp_path):
     assert "--modes=fp32,int8" in lut and "--budget_s=8" in lut
 
 
+def test_fallback_search_commands_in_markdown(tmp_path):
+    ctx = _context(tmp_path)
+    extra = dict(ctx["search_config"], latency_budgets_ms=(1.0,), project_name="search_1ms")
+    ctx["search"]["extra_configs"] = [extra]
+    r = report_lib.build_report(ctx)
+    assert len(r["commands"]["search_extra"]) == 1
+    cmd = r["commands"]["search_extra"][0]
+    assert "--latency_budget_ms=1" in shlex.split(cmd) and "--project_name=search_1ms" in cmd
+    assert cmd in report_lib.markdown(r)
+
+
 def test_command_quotes_and_booleans():
     cmd = report_lib.command("x", {"a": "b c", "flag": True, "off": False, "skip": None})
     assert shlex.split(cmd) == ["x", "--a=b c", "--flag", "--nooff"]

@@ -238,6 +238,8 @@ def build_report(ctx: dict) -> dict:
         "lut_int8": _rel(ctx["lut"]["paths"].get("int8"), root),
     }
     train_keys = (
+        "time_box_s",
+        "probe_overhead_s",
         "step",
         "target_steps",
         "planned_steps",
@@ -329,6 +331,15 @@ def markdown(r: dict) -> str:
         f"- min subnet top-1 ({t['eval_split']}): {_pct(t['min_top1'])} %",
         f"- max subnet top-1 ({t['eval_split']}): {_pct(t['max_top1'])} %",
         f"- throughput: {_p(t['images_per_second'], '.1f')} images/s",
+        *(
+            [
+                f"- time box: {t['time_box_s'] / 60:.1f} min; probe of {t['probe_steps']} steps: "
+                f"{_p(t['probe_steps_per_s'], '.3f')} steps/s, {_p(t['probe_overhead_s'], '.0f')} s "
+                f"fixed costs -> {t['planned_steps']} steps planned"
+            ]
+            if t.get("probe_steps") and t.get("time_box_s")
+            else []
+        ),
         "",
         "![training curve](training_curve.png)",
         "",
@@ -433,9 +444,13 @@ def markdown(r: dict) -> str:
         *r["commands"]["export"],
         "```",
         "",
-        "The demo's training first runs a short probe inside the LR warm-up to measure the step "
-        "rate and then resumes to the planned step count; the single `elasticvit-train` command "
-        "above runs the same schedule.",
+        (
+            "The demo's training ran a short probe inside the LR warm-up to measure the step "
+            "rate, then resumed to the planned step count; the single `elasticvit-train` "
+            "command above runs the same schedule."
+            if t["probe_steps"]
+            else "The training command runs the same schedule as the demo."
+        ),
         "",
         "## Files",
         "",
