@@ -28,6 +28,10 @@ def test_demo_config_plan_overrides():
     assert plan["train_steps"] == demo.QUICK_PLAN["train_steps"]
     full = demo.DemoConfig(train_minutes=2.5).plan()
     assert full["train_minutes"] == 2.5 and full["train_steps"] is None
+    # An explicit time box replaces the quick plan's fixed step count; explicit steps win.
+    assert demo.DemoConfig(quick=True, train_minutes=1.0).plan()["train_steps"] is None
+    both = demo.DemoConfig(quick=True, train_minutes=1.0, train_steps=7).plan()
+    assert both["train_steps"] == 7
 
 
 @pytest.mark.parametrize(

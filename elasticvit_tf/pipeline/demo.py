@@ -166,6 +166,8 @@ class DemoConfig:
         for name in ("train_minutes", "train_steps", "max_train_examples", "max_trials"):
             if getattr(self, name) is not None:
                 plan[name] = getattr(self, name)
+        if self.train_minutes is not None and self.train_steps is None:
+            plan["train_steps"] = None  # an explicit time box plans the steps (quick too)
         if self.lut_budget_s is not None:
             plan["lut_budget_s"] = self.lut_budget_s
         return plan

@@ -28,8 +28,15 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("data_dir", None, "Folder holding the Fashion-MNIST IDX files.")
     flags.DEFINE_integer("seed", 0, "Seed of training, LUT design and search.")
-    flags.DEFINE_float("train_minutes", None, "Training time box (default 9; quick 1.5).")
-    flags.DEFINE_integer("train_steps", None, "Training steps (default: 3 epochs; quick 40).")
+    flags.DEFINE_float(
+        "train_minutes",
+        None,
+        "Training time box (default 9): a probe measures the step rate and the recipe's steps "
+        "are cut to fit. Not applied when --train_steps is given.",
+    )
+    flags.DEFINE_integer(
+        "train_steps", None, "Fixed training steps, no time box (default: 3 epochs; quick 40)."
+    )
     flags.DEFINE_integer("max_train_examples", None, "Cap on the train split (quick: 2048).")
     flags.DEFINE_integer("max_trials", None, "Search trials (default 40; quick 6).")
     flags.DEFINE_list("budgets_ms", [], "Override the three fp32 latency budgets (ms).")

@@ -173,9 +173,9 @@ def train_config(config: "DemoConfig", plan: dict, dataset: str, data_dir: Optio
         verbose=config.verbose,
         **extra,
     )
-    steps = plan["train_steps"]
-    if steps and tc.warmup_steps + tc.cooldown_steps >= steps // 2:
-        # A short explicit run keeps a quarter of its steps for the warm-up.
+    steps = plan["train_steps"] or _total_steps(tc)
+    if tc.warmup_steps + tc.cooldown_steps >= steps // 2:
+        # A short run keeps a quarter of its steps for the warm-up.
         tc = dataclasses.replace(tc, warmup_steps=steps // 4, cooldown_steps=0)
     return tc
 
