@@ -388,8 +388,8 @@ def _read_json(path):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="elasticvit-train has no --tfds_data_dir/--manual_dir yet (KNOWN_MISSING); without "
-    "those two lines the guide passed here. Remove this mark once they exist.",
+    reason="elasticvit-train has no --tfds_data_dir/--manual_dir yet (KNOWN_MISSING). Remove "
+    "this mark once they exist.",
 )
 def test_guide_1_imagenet_mirrored_and_multi_worker(tmp_path, ctx):
     guides, flagfiles = _readme()
