@@ -1,5 +1,5 @@
-"""Shared test helpers for the supernet (import as ``from tests.testing import ...`` or, with
-``tests/`` on ``sys.path``, ``from testing import ...``)."""
+"""Shared test helpers for the supernet: ``from testing import ...`` (pytest puts ``tests/`` on
+``sys.path``, as for ``search_fakes``)."""
 
 from __future__ import annotations
 
