@@ -208,3 +208,39 @@ def test_demo_quick_end_to_end(tmp_path):
     assert r2["chosen"] == r["chosen"] and r2["stages"] == {
         k: dict(v, reused=True) for k, v in r["stages"].items()
     }
+
+
+def test_run_train_time_box_plans_steps_from_the_probe(monkeypatch, tmp_path):
+    from elasticvit_tf.train import train_lib
+
+    calls = []
+
+    def fake_train(cfg):
+        calls.append(cfg)
+        return {
+            "step": cfg.steps,
+            "resumed_from_step": calls[-2].steps if len(calls) > 1 else 0,
+            "train_seconds": 5.0,
+            "min_top1": 0.5,
+            "max_top1": 0.6,
+        }
+
+    monkeypatch.setattr(train_lib, "train", fake_train)
+    monkeypatch.setattr(stages, "_total_steps", lambda tc: 1000)
+    # First logging window holds the tracing (ignored); steady 256 images/s = 2 steps/s.
+    curve = {"throughput_images_per_s": [(10, 1.0), (20, 256.0), (30, 256.0)]}
+    monkeypatch.setattr(stages, "read_training_curve", lambda d: curve)
+    tc = train_lib.TrainConfig.demo(str(tmp_path), batch_size=128)
+    plan = dict(demo.FULL_PLAN, train_minutes=1.0)
+    res = stages.run_train(tc, plan, log=lambda s: None)
+    assert [c.steps for c in calls][0] == 40  # the probe, inside the 100-step warm-up
+    assert calls[0].eval_batches == 1
+    # 60 s box - 30 s final evaluation (the fake probe took ~0 s) at 2 steps/s: 40 + 60.
+    assert res["planned_steps"] == calls[1].steps
+    assert 97 <= res["planned_steps"] <= 100  # minus the test's own (real) elapsed time
+    assert res["probe_steps_per_s"] == pytest.approx(2.0)
+    assert res["target_steps"] == 1000 and res["time_boxed"] is True
+    # Explicit steps: no probe, exactly those steps.
+    calls.clear()
+    res = stages.run_train(tc, dict(plan, train_steps=77), log=lambda s: None)
+    assert [c.steps for c in calls] == [77] and res["probe_steps"] == 0
