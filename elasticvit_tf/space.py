@@ -441,11 +441,12 @@ def _elasticvit() -> SearchSpace:
         flops_levels=(100, 200, 300, 400, 500, 700, 900, 1200),
         level_bound=10.0,
     )
-    kinds = base.stage_kinds
-    mins = tuple(
-        (float(k), arch_lib.from_official(enc, kinds))
-        for k, enc in sorted(arch_lib.OFFICIAL_MIN_ARCH_ENCODINGS.items())
-    )
+    return _with_min_archs(base, sorted(arch_lib.OFFICIAL_MIN_ARCH_ENCODINGS.items()))
+
+
+def _with_min_archs(base: SearchSpace, encodings) -> SearchSpace:
+    """Attaches per-level min archs given as (key, official encoding) pairs."""
+    mins = tuple((float(k), arch_lib.from_official(enc, base.stage_kinds)) for k, enc in encodings)
     return dataclasses.replace(base, min_archs=mins)
 
 
@@ -473,11 +474,7 @@ def _demo() -> SearchSpace:
         level_bound=DEMO_LEVEL_BOUND,
         flops_levels=DEMO_FLOPS_LEVELS,
     )
-    kinds = base.stage_kinds
-    mins = tuple(
-        (float(k), arch_lib.from_official(enc, kinds)) for k, enc in DEMO_MIN_ARCH_ENCODINGS
-    )
-    return dataclasses.replace(base, min_archs=mins)
+    return _with_min_archs(base, DEMO_MIN_ARCH_ENCODINGS)
 
 
 def _tiny() -> SearchSpace:
@@ -502,115 +499,30 @@ def _tiny() -> SearchSpace:
         level_bound=TINY_LEVEL_BOUND,
         flops_levels=TINY_FLOPS_LEVELS,
     )
-    kinds = base.stage_kinds
-    mins = tuple(
-        (float(k), arch_lib.from_official(enc, kinds)) for k, enc in TINY_MIN_ARCH_ENCODINGS
-    )
-    return dataclasses.replace(base, min_archs=mins)
+    return _with_min_archs(base, TINY_MIN_ARCH_ENCODINGS)
 
 
 # Derived once for the small presets from 20k uniform samples of each space (FLOPs range and
 # percentiles) and written out as literals: levels span the p5..p95 range; min archs are the
 # global min arch, the min arch at the middle resolution and a "one grid step up" arch at the
 # largest resolution, keyed so that select_min_arch() maps low/middle/high levels to them.
+# Encodings use the official 10-list import format (spec §1.4).
+# fmt: off
 DEMO_LEVEL_BOUND = 0.2  # bins [F, F + 0.4] MFLOPs (range 1.15 .. 11.46, median 4.4)
 DEMO_FLOPS_LEVELS: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 7.5)
 DEMO_MIN_ARCH_ENCODINGS: tuple[tuple[float, list], ...] = (
-    (
-        2.0,
-        [
-            24,
-            [8, 16, 16, 32, 32, 48, 64],
-            [1, 1, 1, 1, 1, 1, 1],
-            [1, 2, 2],
-            [3, 3, 3],
-            [1, 1, 1, 1],
-            [2, 2, 3, 4],
-            [1] * 4,
-            [1] * 4,
-            [1, 1, 1, 1],
-        ],
-    ),  # 1.15 MFLOPs
-    (
-        4.0,
-        [
-            28,
-            [8, 16, 16, 32, 32, 48, 64],
-            [1, 1, 1, 1, 1, 1, 1],
-            [1, 2, 2],
-            [3, 3, 3],
-            [1, 1, 1, 1],
-            [2, 2, 3, 4],
-            [1] * 4,
-            [1] * 4,
-            [1, 1, 1, 1],
-        ],
-    ),  # 1.51 MFLOPs
-    (
-        6.0,
-        [
-            32,
-            [8, 24, 24, 48, 48, 64, 80],
-            [1, 1, 1, 1, 1, 1, 1],
-            [1, 2, 2],
-            [3, 3, 3],
-            [1, 1, 1, 1],
-            [3, 3, 4, 5],
-            [1] * 4,
-            [1] * 4,
-            [1, 1, 1, 1],
-        ],
-    ),  # 3.01 MFLOPs
+    (2.0, [24, [8, 16, 16, 32, 32, 48, 64], [1] * 7, [1, 2, 2], [3] * 3, [1] * 4, [2, 2, 3, 4], [1] * 4, [1] * 4, [1] * 4]),  # 1.15 MFLOPs  # noqa: E501
+    (4.0, [28, [8, 16, 16, 32, 32, 48, 64], [1] * 7, [1, 2, 2], [3] * 3, [1] * 4, [2, 2, 3, 4], [1] * 4, [1] * 4, [1] * 4]),  # 1.51 MFLOPs  # noqa: E501
+    (6.0, [32, [8, 24, 24, 48, 48, 64, 80], [1] * 7, [1, 2, 2], [3] * 3, [1] * 4, [3, 3, 4, 5], [1] * 4, [1] * 4, [1] * 4]),  # 3.01 MFLOPs  # noqa: E501
 )
 TINY_LEVEL_BOUND = 0.05  # bins [F, F + 0.1] MFLOPs (range 0.34 .. 3.19, median 1.06)
 TINY_FLOPS_LEVELS: tuple[float, ...] = (0.5, 0.9, 1.2, 1.6, 2.0)
 TINY_MIN_ARCH_ENCODINGS: tuple[tuple[float, list], ...] = (
-    (
-        0.5,
-        [
-            16,
-            [4, 8, 8, 16, 16, 32, 32],
-            [1, 1, 1, 1, 1, 1, 1],
-            [1, 1, 1],
-            [3, 3, 3],
-            [1, 1, 1, 1],
-            [1, 1, 2, 2],
-            [1] * 4,
-            [1] * 4,
-            [1, 1, 1, 1],
-        ],
-    ),  # 0.34 MFLOPs
-    (
-        1.1,
-        [
-            24,
-            [4, 8, 8, 16, 16, 32, 32],
-            [1, 1, 1, 1, 1, 1, 1],
-            [1, 1, 1],
-            [3, 3, 3],
-            [1, 1, 1, 1],
-            [1, 1, 2, 2],
-            [1] * 4,
-            [1] * 4,
-            [1, 1, 1, 1],
-        ],
-    ),  # 0.81 MFLOPs
-    (
-        2.0,
-        [
-            24,
-            [4, 8, 16, 16, 32, 32, 48],
-            [1, 1, 1, 1, 1, 1, 1],
-            [1, 1, 1],
-            [3, 3, 3],
-            [1, 1, 1, 1],
-            [1, 2, 2, 3],
-            [1] * 4,
-            [1] * 4,
-            [1, 1, 1, 1],
-        ],
-    ),  # 1.49 MFLOPs
+    (0.5, [16, [4, 8, 8, 16, 16, 32, 32], [1] * 7, [1, 1, 1], [3] * 3, [1] * 4, [1, 1, 2, 2], [1] * 4, [1] * 4, [1] * 4]),  # 0.34 MFLOPs  # noqa: E501
+    (1.1, [24, [4, 8, 8, 16, 16, 32, 32], [1] * 7, [1, 1, 1], [3] * 3, [1] * 4, [1, 1, 2, 2], [1] * 4, [1] * 4, [1] * 4]),  # 0.81 MFLOPs  # noqa: E501
+    (2.0, [24, [4, 8, 16, 16, 32, 32, 48], [1] * 7, [1, 1, 1], [3] * 3, [1] * 4, [1, 2, 2, 3], [1] * 4, [1] * 4, [1] * 4]),  # 1.49 MFLOPs  # noqa: E501
 )
+# fmt: on
 
 _PRESETS = {"elasticvit": _elasticvit, "demo": _demo, "tiny": _tiny}
 _CACHE: dict[str, SearchSpace] = {}
