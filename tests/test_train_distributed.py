@@ -69,9 +69,11 @@ def test_mirrored_two_logical_cpus(tmp_path):
     assert r["num_replicas"] == 2
     assert r["replicas_checked"] == [2] and r["steps_checked"] == 150
     assert r["mismatches"] == []
-    assert r["trace_count"] == 1  # archs changed every step; one trace
     # Chance is 10 %; digits held-out test split (EMA weights, BN recalibrated).
     assert r["min_top1"] >= 0.5 and r["max_top1"] >= 0.5, r
+    # Archs changed every step, yet one trace: MirroredStrategy runs the Python body of the
+    # train step once per replica while tracing, hence 2 (measured: 2 after 150 steps).
+    assert r["trace_count"] == 2
 
 
 def _free_ports(n):
