@@ -232,6 +232,17 @@ def test_fallback_search_commands_in_markdown(tmp_path):
     assert cmd in report_lib.markdown(r)
 
 
+def test_demo_command_lists_non_default_flags(tmp_path):
+    from elasticvit_tf.pipeline.demo import DemoConfig
+
+    cfg = DemoConfig(output_dir="runs/x", train_steps=300, lut_clock="cpu", budgets_ms=(1, 2.5))
+    cmd = shlex.split(report_lib.demo_command(cfg.to_dict()))
+    assert cmd[0] == "elasticvit-demo"
+    assert sorted(cmd[1:]) == sorted(
+        ["--output_dir=runs/x", "--train_steps=300", "--lut_clock=cpu", "--budgets_ms=1,2.5"]
+    )
+
+
 def test_command_quotes_and_booleans():
     cmd = report_lib.command("x", {"a": "b c", "flag": True, "off": False, "skip": None})
     assert shlex.split(cmd) == ["x", "--a=b c", "--flag", "--nooff"]

@@ -37,6 +37,22 @@ def command(binary: str, flags: dict[str, Any]) -> str:
     return " ".join([binary] + [_flag(k, v) for k, v in flags.items() if v is not None])
 
 
+def demo_command(config: dict) -> str:
+    """``elasticvit-demo`` with the output dir and every flag that differs from the defaults."""
+    from elasticvit_tf.pipeline.demo import DemoConfig
+
+    defaults = DemoConfig().to_dict()
+    flags = {"output_dir": config["output_dir"]}
+    flags.update(
+        {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in config.items()
+            if k in defaults and v != defaults[k] and k not in ("output_dir", "verbose")
+        }
+    )
+    return command("elasticvit-demo", flags)
+
+
 def train_command(train_config: dict, steps: int) -> str:
     """``elasticvit-train`` with every setting that differs from ``TrainConfig()``'s defaults."""
     from elasticvit_tf.train.train_lib import TrainConfig
@@ -205,15 +221,7 @@ def build_report(ctx: dict) -> dict:
     for k, v in stages.items():
         v["budget_s"] = stage_budget_s[k]
     commands = {
-        "demo": command(
-            "elasticvit-demo",
-            {
-                "output_dir": ctx["config"]["output_dir"],
-                "quick": ctx["config"]["quick"],
-                "dataset": ctx["config"]["dataset"],
-                "seed": ctx["config"]["seed"],
-            },
-        ),
+        "demo": demo_command(ctx["config"]),
         "train": train_command(ctx["train_config"], train["planned_steps"]),
         "lut": lut_command(
             plan,
