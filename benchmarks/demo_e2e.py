@@ -34,13 +34,17 @@ def table(report: dict) -> str:
         rows.append(f"| {name} | {s['seconds']:.1f} | {BUDGETS_S[name]} | {s['reused']} |")
     rows.append(f"| total | {report['total_seconds']:.1f} | {BUDGETS_S['total']} | |")
     g, t = report["goals"], report["train"]
+
+    def f(v):
+        return "-" if v is None else f"{v:.2f}"
+
     rows += [
         "",
         f"training: {t['step']}/{t['target_steps']} steps, min/max subnet top-1 "
         f"{100 * t['min_top1']:.2f} / {100 * t['max_top1']:.2f} %",
-        f"largest chosen subnet float top-1: {g['largest_subnet_top1']} % (goal >= 85)",
-        f"smallest float top-1 of the chosen subnets: {g['min_float_top1']} % (goal >= 80)",
-        f"max int8 drop: {g['max_int8_drop']} points (goal <= 1)",
+        f"largest chosen subnet float top-1: {f(g['largest_subnet_top1'])} % (goal >= 85)",
+        f"smallest float top-1 of the chosen subnets: {f(g['min_float_top1'])} % (goal >= 80)",
+        f"max int8 drop: {f(g['max_int8_drop'])} points (goal <= 1)",
         f"load average: {report['machine']['load_average_start'][0]:.1f} at start, "
         f"{report['machine']['load_average_end'][0]:.1f} at end, on {report['machine']['cpus']} "
         "CPUs",
