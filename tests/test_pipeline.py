@@ -234,7 +234,10 @@ def test_run_train_time_box_plans_steps_from_the_probe(monkeypatch, tmp_path):
     plan = dict(demo.FULL_PLAN, train_minutes=1.0)
     res = stages.run_train(tc, plan, log=lambda s: None)
     assert [c.steps for c in calls][0] == 40  # the probe, inside the 100-step warm-up
-    assert calls[0].eval_batches == 1
+    assert calls[0].eval_batches == 1 and calls[0].warmup_steps == 39
+    # Same LR slope as the full 100-step warm-up: lr' - warmup_lr = (lr - warmup_lr) * 39/100.
+    assert calls[0].lr - tc.warmup_lr == pytest.approx((tc.lr - tc.warmup_lr) * 0.39)
+    assert calls[1].warmup_steps == 100 and calls[1].lr == tc.lr
     # 60 s box - 30 s final evaluation (the fake probe took ~0 s) at 2 steps/s: 40 + 60.
     assert res["planned_steps"] == calls[1].steps
     assert 97 <= res["planned_steps"] <= 100  # minus the test's own (real) elapsed time

@@ -213,11 +213,24 @@ def run_train(tc, plan: dict, log=print) -> dict:
     probe = 0
     if not plan["train_steps"]:
         probe = min(int(plan["probe_steps"]), max(0, int(tc.warmup_steps)), target // 4)
+        probe = probe if probe >= 4 else 0
     t0 = time.monotonic()
     steps, rate, overhead = target, None, None
     if probe > 0:
         log(f"[train] probe: {probe} steps (inside the LR warm-up) to measure the step rate")
-        pr = train_lib.train(dataclasses.replace(tc, steps=probe, eval_batches=1, calib_batches=2))
+        # The schedule needs warm-up < total steps: the probe warms up over probe - 1 steps
+        # towards a proportionally lower peak, i.e. the same LR values as the full warm-up.
+        w = probe - 1
+        probe_tc = dataclasses.replace(
+            tc,
+            steps=probe,
+            warmup_steps=w,
+            cooldown_steps=0,
+            lr=tc.warmup_lr + (tc.lr - tc.warmup_lr) * w / max(1, tc.warmup_steps),
+            eval_batches=1,
+            calib_batches=2,
+        )
+        pr = train_lib.train(probe_tc)
         probe_s = time.monotonic() - t0
         rate = steady_step_rate(tc.model_dir, tc.batch_size)
         if rate is None and pr["train_seconds"] > 0 and pr["step"] > pr["resumed_from_step"]:
