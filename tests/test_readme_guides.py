@@ -388,8 +388,10 @@ def _read_json(path):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="elasticvit-train has no --tfds_data_dir/--manual_dir yet (KNOWN_MISSING). Remove "
-    "this mark once they exist.",
+    reason="elasticvit-train has no --tfds_data_dir/--manual_dir yet (KNOWN_MISSING), and its "
+    "multi_worker strategy fails with 'Attempt to convert a value (PerReplica...)' (the known "
+    "gap of tests/test_train_distributed.py). Without those two flags the mirrored command "
+    "passed here (517 s at load 16). Remove this mark once both are fixed.",
 )
 def test_guide_1_imagenet_mirrored_and_multi_worker(tmp_path, ctx):
     guides, flagfiles = _readme()
