@@ -109,7 +109,10 @@ def load_arch(value: str):
         with open(value) as f:
             text = f.read()
         try:
-            return ArchConfig.from_json(text)
+            data = json.loads(text)
+            if isinstance(data, dict) and "arch" in data and "resolution" not in data:
+                data = data["arch"]  # best_arch_<budget>.json from elasticvit-search
+            return ArchConfig.from_dict(data)
         except Exception as err:
             raise ValueError(f"--arch file {value!r} is not an ArchConfig JSON: {err}") from err
     try:

@@ -507,12 +507,6 @@ def test_guide_4_distributed_search_chief_and_workers(tmp_path, ctx):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="elasticvit-export --arch does not read elasticvit-search's best_arch_<budget>.json "
-    "(an {'arch': ...} wrapper; export/main.py load_arch wants a bare ArchConfig). With a bare "
-    "arch JSON every other step of this guide passed (105 s). Remove this mark once fixed.",
-)
 def test_guide_5_int8_export_for_android_and_profiling(tmp_path, ctx):
     from elasticvit_tf.space import get_space
 
