@@ -87,11 +87,6 @@ def _free_ports(n):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: under MultiWorkerMirroredStrategy keras fit() on the distributed "
-    "dataset fails with 'Attempt to convert a value (PerReplica...) to a Tensor' (exit 2)",
-)
 def test_multi_worker_two_workers_on_localhost(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

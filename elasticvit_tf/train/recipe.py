@@ -117,6 +117,28 @@ class SupernetTrainer(keras.Model):
     def call(self, inputs, training=False, slot=0):
         return self.net(inputs, training=training, slot=slot)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 (backend/tensorflow/trainer.py) peeks one batch of the distributed
+        # dataset and calls ``strategy.reduce("MEAN", batch)`` on the whole (x, y) nest;
+        # MultiWorkerMirroredStrategy cannot reduce a nest of PerReplica values across
+        # workers ("Attempt to convert a value (PerReplica...) to a Tensor"). The batch is
+        # only used for its shapes, so build from this worker's first local replica instead.
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None:
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = tf.nest.map_structure(
+                    lambda v: (
+                        strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    batch,
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     # ------------------------------------------------------------------------------ losses
     def _teacher_probs(self, images):
         logits = []
@@ -225,13 +247,29 @@ class SupernetTrainer(keras.Model):
             optim.ema_update(self.ema.shadow, self.ema.source_variables, decay)
         logs["loss"] = tf.reduce_sum(slot_losses)
         logs["lr"] = tf.cast(self.optimizer.learning_rate, tf.float32)
-        return logs
+        return _for_multi_worker(logs, self.distribute_strategy)
 
     def test_step(self, data):
         images, labels = data[0], data[1]
         logits = self.net(images, training=False, slot=0)
         self.top1.update_state(tf.reshape(labels, [-1]), logits)
         return {"top1": self.top1.result()}
+
+
+def _for_multi_worker(logs: dict, strategy) -> dict:
+    """Scalar logs as shape ``[1]`` under a multi-worker strategy.
+
+    Keras 3.15 reduces step outputs across workers with ``strategy.reduce("MEAN", v, axis=0)``
+    (``reduce_per_replica``), which rejects scalars; a ``[1]`` value reduces to the scalar mean
+    over all replicas. Elsewhere the logs are returned unchanged.
+    """
+    extended = getattr(strategy, "extended", None)
+    in_multi_worker = getattr(extended, "_in_multi_worker_mode", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not (
+        in_multi_worker and in_multi_worker()
+    ):
+        return logs
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()}
 
 
 def _allow_tensor_slot(net) -> None:
