@@ -286,7 +286,7 @@ def _defined_flags(binary: str) -> set:
 
 # Flags the README shows that a binary does not define yet (reported to the lead). The test
 # fails when one of them appears, so that this entry and the guide's xfail mark go.
-KNOWN_MISSING = {"elasticvit-train": {"tfds_data_dir", "manual_dir"}}
+KNOWN_MISSING: dict = {}
 
 
 def test_every_readme_flag_exists_in_its_binary():
@@ -386,13 +386,6 @@ def _read_json(path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="elasticvit-train has no --tfds_data_dir/--manual_dir yet (KNOWN_MISSING), and its "
-    "multi_worker strategy fails with 'Attempt to convert a value (PerReplica...)' (the known "
-    "gap of tests/test_train_distributed.py). Without those two flags the mirrored command "
-    "passed here (517 s at load 16). Remove this mark once both are fixed.",
-)
 def test_guide_1_imagenet_mirrored_and_multi_worker(tmp_path, ctx):
     guides, flagfiles = _readme()
     for name in ("teacher_a", "teacher_b"):

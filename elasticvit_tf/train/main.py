@@ -32,6 +32,8 @@ def define_flags() -> None:
         "dataset", d.dataset, "fashion_mnist, digits, tfds:NAME or folder:PATH (class folders)."
     )
     flags.DEFINE_string("data_dir", None, "fashion_mnist: folder holding the IDX files.")
+    flags.DEFINE_string("tfds_data_dir", None, "tfds:NAME: TFDS data_dir (prepared data).")
+    flags.DEFINE_string("manual_dir", None, "tfds:NAME: manual_dir (e.g. ImageNet-2012 tars).")
     flags.DEFINE_integer("image_size", None, "Pipeline image side (default: largest resolution).")
     flags.DEFINE_string("augment", d.augment, "auto, none, light or imagenet.")
     flags.DEFINE_integer("split_seed", d.split_seed, "Seed of the val/search carve.")

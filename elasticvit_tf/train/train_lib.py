@@ -40,6 +40,8 @@ class TrainConfig:
     # data
     dataset: str = "fashion_mnist"
     data_dir: Optional[str] = None
+    tfds_data_dir: Optional[str] = None  # tfds:NAME sources
+    manual_dir: Optional[str] = None  # tfds manual_dir (ImageNet-2012 tars)
     image_size: Optional[int] = None  # default: the space's largest resolution
     augment: str = "auto"
     split_seed: int = 0
@@ -307,6 +309,8 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     data_cfg = data_lib.DataConfig(
         dataset=config.dataset,
         data_dir=config.data_dir,
+        tfds_data_dir=config.tfds_data_dir,
+        manual_dir=config.manual_dir,
         image_size=int(config.image_size or space.max_resolution),
         augment=config.augment,
         split_seed=config.split_seed,
