@@ -17,7 +17,6 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-
 from elasticvit_tf import model_dir as md
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
