@@ -191,58 +191,23 @@ class SearchSpace:
         return True
 
     def min_arch(self) -> ArchConfig:
-        stages = []
-        for s in self.stages:
-            if s.is_transformer:
-                stages.append(
-                    StageArch(
-                        min(s.widths),
-                        min(s.depths),
-                        mlp_ratio=min(s.mlp_ratios),
-                        v_scale=min(s.v_scales),
-                    )
-                )
-            else:
-                stages.append(
-                    StageArch(
-                        min(s.widths),
-                        min(s.depths),
-                        expand_ratio=min(s.expand_ratios),
-                        kernel=min(s.kernels),
-                    )
-                )
-        return ArchConfig(
-            min(self.resolutions),
-            StemArch(min(self.stem.widths), min(self.stem.depths), min(self.stem.kernels)),
-            tuple(stages),
-        )
+        """Every choice at its smallest value."""
+        return self._extreme_arch(min)
 
     def max_arch(self) -> ArchConfig:
+        """Every choice at its largest value."""
+        return self._extreme_arch(max)
+
+    def _extreme_arch(self, pick) -> ArchConfig:
         stages = []
         for s in self.stages:
             if s.is_transformer:
-                stages.append(
-                    StageArch(
-                        max(s.widths),
-                        max(s.depths),
-                        mlp_ratio=max(s.mlp_ratios),
-                        v_scale=max(s.v_scales),
-                    )
-                )
+                knobs = dict(mlp_ratio=pick(s.mlp_ratios), v_scale=pick(s.v_scales))
             else:
-                stages.append(
-                    StageArch(
-                        max(s.widths),
-                        max(s.depths),
-                        expand_ratio=max(s.expand_ratios),
-                        kernel=max(s.kernels),
-                    )
-                )
-        return ArchConfig(
-            max(self.resolutions),
-            StemArch(max(self.stem.widths), max(self.stem.depths), max(self.stem.kernels)),
-            tuple(stages),
-        )
+                knobs = dict(expand_ratio=pick(s.expand_ratios), kernel=pick(s.kernels))
+            stages.append(StageArch(pick(s.widths), pick(s.depths), **knobs))
+        stem = StemArch(pick(self.stem.widths), pick(self.stem.depths), pick(self.stem.kernels))
+        return ArchConfig(pick(self.resolutions), stem, tuple(stages))
 
     def sample(self, rng: np.random.Generator, min_arch: Optional[ArchConfig] = None) -> ArchConfig:
         """Uniform block-wise sample with non-decreasing widths (spec §4).
