@@ -12,6 +12,8 @@ normalising with batch statistics during the passes, as the official evaluation 
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -130,18 +132,33 @@ def recalibrate_bn(target, dataset, num_batches: int, slot: int = 0) -> None:
         )
 
 
-def _recalibrate_supernet(net, dataset, num_batches, slot):
-    net._check_slot(slot)
-    bns = net.batch_norm_layers()
-    factor = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="bn_calibration_factor")
-    for bn in bns:
-        bn.calibration_factor = factor
-    try:
+# One traced calibration step per (supernet, slot): the arch lives in variables, so the same
+# trace serves every arch (a fresh tf.function per call would re-trace the supernet's training
+# forward on every recalibration, seconds each on CPU). Keyed weakly so nets can be collected.
+_CALIBRATION_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _calibration_step(net, slot):
+    steps = _CALIBRATION_STEPS.setdefault(net, {})
+    if slot not in steps:
+        factor = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="bn_calibration_factor")
+        net_ref = weakref.ref(net)  # the cached closure must not keep its key alive
 
         @tf.function(jit_compile=False, reduce_retracing=True)
         def step(x):
-            net(x, training=True, slot=slot)
+            net_ref()(x, training=True, slot=slot)
 
+        steps[slot] = (factor, step)
+    return steps[slot]
+
+
+def _recalibrate_supernet(net, dataset, num_batches, slot):
+    slot = net._check_slot(slot)
+    bns = net.batch_norm_layers()
+    factor, step = _calibration_step(net, slot)
+    for bn in bns:
+        bn.calibration_factor = factor
+    try:
         for i, x in enumerate(_batches(dataset, num_batches)):
             factor.assign(1.0 / (i + 1))
             step(x)

@@ -63,8 +63,6 @@ class SubnetEvaluator:
         self.eval_batches = eval_batches
         self.slot = slot
         self._forward = None
-        self._calib_step = None
-        self._factor = None
 
     def _logits(self, images):
         import tensorflow as tf
@@ -75,37 +73,11 @@ class SubnetEvaluator:
         return self._forward(images)
 
     def _recalibrate(self) -> None:
-        """``extract.recalibrate_bn`` semantics (cumulative BN statistics over the batches, spec
-        §7) with the traced step kept across archs.
+        """``extract.recalibrate_bn`` (cumulative BN statistics over the batches, spec §7); it
+        keeps one traced step per supernet and slot, so trials do not re-trace."""
+        from elasticvit_tf.extract import recalibrate_bn
 
-        NOTE: ``recalibrate_bn`` builds a new ``tf.function`` per call, i.e. one full trace of
-        the supernet's training forward per arch (seconds each on CPU, the dominant cost of a
-        trial); the arch lives in variables, so one trace serves every arch. This uses the
-        same documented hook of the dynamic BatchNorm (``calibration_factor``: a scalar
-        variable f, new statistic = (1 - f) * old + f * batch) and is checked against
-        ``recalibrate_bn`` in tests/test_evaluator.py.
-        """
-        import tensorflow as tf
-
-        if self._calib_step is None:
-            self._factor = tf.Variable(1.0, trainable=False, dtype=tf.float32)
-
-            @tf.function(jit_compile=False, reduce_retracing=True)
-            def step(images):
-                self.net(images, training=True, slot=self.slot)
-
-            self._calib_step = step
-        bns = self.net.batch_norm_layers()
-        for bn in bns:
-            bn.calibration_factor = self._factor
-        try:
-            for i, batch in enumerate(self.calibration_data.take(self.calibration_batches)):
-                images = batch[0] if isinstance(batch, (tuple, list)) else batch
-                self._factor.assign(1.0 / (i + 1))
-                self._calib_step(images)
-        finally:
-            for bn in bns:
-                bn.calibration_factor = None
+        recalibrate_bn(self.net, self.calibration_data, self.calibration_batches, slot=self.slot)
 
     def evaluate(self, arch: ArchConfig) -> float:
         """Sets ``arch``, recalibrates BN, returns top-1 (a fraction in [0, 1])."""

@@ -64,7 +64,7 @@ def test_subnet_evaluator_recalibrates_and_measures_top1():
     logits = net(x[:16], training=False, slot=1)
     want = float(np.mean(np.argmax(np.asarray(logits), -1) == y[:16]))  # 2 batches of 8
     assert top1 == pytest.approx(want)
-    # Same statistics as the library's recalibrate_bn (which re-traces on every call).
+    # Same statistics as calling the library's recalibrate_bn directly.
     from elasticvit_tf.extract import recalibrate_bn
 
     arch2 = space.sample(rng)
