@@ -143,13 +143,26 @@ def run_tflite(
     return np.concatenate(outs).reshape(len(images), -1)
 
 
-def keras_logits(model: Any, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Keras model outputs in inference mode, as float32 `(N, K)`."""
-    outs = [
-        np.asarray(model(images[i : i + batch_size], training=False), dtype=np.float32)
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(outs).reshape(len(images), -1)
+def keras_logits(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Keras model outputs in inference mode, as float32 `(N, K)`.
+
+    One traced function over fixed-size batches (the last one zero-padded; inference-mode
+    outputs of one image do not depend on the others): eager calls cost ~30 s on 10 000
+    Fashion-MNIST images on 2 CPU cores, this path a few seconds.
+    """
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), jit_compile=False)
+    n = len(images)
+    size = min(batch_size, n)
+    outs = []
+    for i in range(0, n, size):
+        chunk = np.asarray(images[i : i + size], dtype=np.float32)
+        k = len(chunk)
+        if k < size:
+            chunk = np.concatenate([chunk, np.zeros((size - k, *chunk.shape[1:]), np.float32)])
+        outs.append(np.asarray(fn(chunk), dtype=np.float32).reshape(size, -1)[:k])
+    return np.concatenate(outs).reshape(n, -1)
 
 
 def compare(

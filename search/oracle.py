@@ -130,6 +130,10 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
         seed: integer seed of the oracle's NumPy generator (spec default 2012).
         max_attempts: bounded random draws per emitted trial before giving up with ``STOPPED``.
         max_retries_per_trial, max_consecutive_failed_trials: as in ``keras_tuner.Oracle``.
+        budget_strata_ms: several latency budgets searched at once (all <= the constraint).
+            Random draws cycle through them (draw ``i`` must also fit ``strata[i % n]``), so
+            every budget gets candidates even when it admits a small share of the space;
+            the evolution oracle also picks its parents per stratum. Empty: off.
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
         max_attempts: int = 1000,
         max_retries_per_trial: int = 0,
         max_consecutive_failed_trials: int = 3,
+        budget_strata_ms: Sequence[float] = (),
     ):
         if not isinstance(space, SearchSpace):
             raise ValueError(f"space: expected a SearchSpace, got {type(space).__name__}")
@@ -156,6 +161,15 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
             raise ValueError(f"max_trials={max_trials!r}: expected a positive integer")
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts={max_attempts!r}: expected a positive integer")
+        strata = tuple(sorted(float(b) for b in budget_strata_ms))
+        if strata and predictor is None:
+            raise ValueError("budget_strata_ms is set but no latency predictor was given")
+        for b in strata:
+            if not b > 0 or (latency_budget_ms is not None and b > latency_budget_ms):
+                raise ValueError(
+                    f"budget_strata_ms: {b:g} ms; expected positive budgets <= the latency "
+                    f"budget {latency_budget_ms} ms"
+                )
         super().__init__(
             objective=keras_tuner.Objective("top1", "max"),
             max_trials=max_trials,
@@ -172,6 +186,8 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
         self.latency_budget_ms = None if latency_budget_ms is None else float(latency_budget_ms)
         self.mflops_range = _check_mflops_range(mflops_range)
         self.max_attempts = max_attempts
+        self.budget_strata_ms = strata
+        self._random_draws = 0  # random draws issued (the stratum of the next one)
         self._predict = _predict_fn(predictor)
         self._rng = np.random.default_rng(self.seed)
         self.rejections = 0  # candidates refused by the constraints (reported)
@@ -208,11 +224,39 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
     def _random_arch(self) -> ArchConfig:
         return self.space.sample(self._rng)
 
-    def _draw_random(self) -> Optional[dict[str, int]]:
+    _UNSET = object()
+
+    def _next_limit(self) -> Optional[float]:
+        """The stratum budget of the next random draw (None without strata)."""
+        if not self.budget_strata_ms:
+            return None
+        limit = self.budget_strata_ms[self._random_draws % len(self.budget_strata_ms)]
+        self._random_draws += 1
+        return limit
+
+    def _fits(self, arch: ArchConfig, limit: Optional[float]) -> bool:
+        return limit is None or self._predict(arch) <= limit
+
+    def _draw_random(self, limit: Any = _UNSET) -> Optional[dict[str, int]]:
+        if limit is self._UNSET:
+            limit = self._next_limit()
         for _ in range(self.max_attempts):
-            values = self._accept(self._random_arch())
+            arch = self._random_arch()
+            if not self._fits(arch, limit):
+                continue
+            values = self._accept(arch)
             if values is not None:
                 return values
+        return None
+
+    def stratum(self, arch: ArchConfig) -> Optional[int]:
+        """Index of the smallest budget stratum ``arch`` fits (None: no strata, or none)."""
+        if not self.budget_strata_ms:
+            return None
+        lat = self._predict(arch)
+        for i, b in enumerate(self.budget_strata_ms):
+            if lat <= b:
+                return i
         return None
 
     def _stop(self, reason: str) -> dict:
@@ -232,6 +276,7 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
             "latency_budget_ms": self.latency_budget_ms,
             "mflops_range": None if self.mflops_range is None else list(self.mflops_range),
             "latency_mode": getattr(self.predictor, "mode", None),
+            **({"budget_strata_ms": list(self.budget_strata_ms)} if self.budget_strata_ms else {}),
         }
 
     def get_state(self):
@@ -241,6 +286,7 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
             rng=self._rng.bit_generator.state,
             rejections=self.rejections,
             stop_reason=self.stop_reason,
+            random_draws=self._random_draws,
         )
         state[_STATE_KEY] = own
         return state
@@ -261,6 +307,7 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
         self._rng.bit_generator.state = own["rng"]
         self.rejections = int(own.get("rejections", 0))
         self.stop_reason = own.get("stop_reason")
+        self._random_draws = int(own.get("random_draws", 0))
 
     @keras_tuner.synchronized
     def end_trial(self, trial):
@@ -321,8 +368,8 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
     """Evolutionary search of spec §8 under a latency budget and/or a FLOPs window.
 
     Args:
-        space, predictor, latency_budget_ms, mflops_range, max_trials, seed, max_attempts:
-            see ``ConstrainedOracleBase``.
+        space, predictor, latency_budget_ms, mflops_range, max_trials, seed, max_attempts,
+            budget_strata_ms: see ``ConstrainedOracleBase``.
         population: size of the initial population and of every later population
             (spec: 512).
         parents: top-k completed trials used as parents (spec: 256); every generation after the
@@ -356,6 +403,7 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
         operator_attempts: int = 50,
         max_retries_per_trial: int = 0,
         max_consecutive_failed_trials: int = 3,
+        budget_strata_ms: Sequence[float] = (),
     ):
         super().__init__(
             space,
@@ -367,6 +415,7 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
             max_attempts=max_attempts,
             max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
+            budget_strata_ms=budget_strata_ms,
         )
         if not isinstance(population, int) or population < 2:
             raise ValueError(f"population={population!r}: expected an integer >= 2")
@@ -393,7 +442,7 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
         self.generation = 0
         self.trial_generation: dict[str, int] = {}
         self.current_parents: list[str] = []  # trial ids of the current parents (top-k)
-        self._seed_index = 0  # next initial_archs entry to try
+        self._seeds_used: set[int] = set()  # initial_archs entries already tried
 
     # ------------------------------------------------------------------------ generations
     def _quota(self, generation: int) -> int:
@@ -409,7 +458,19 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
             if t.status == TrialStatus.COMPLETED and t.score is not None
         ]
         done.sort(key=lambda t: (-t.score, t.trial_id))
-        return [t.trial_id for t in done[:k]]
+        if not self.budget_strata_ms:
+            return [t.trial_id for t in done[:k]]
+        # Per stratum (latency band) its best k / n trials, then the best of the rest: the
+        # tight budgets keep parents even when the loose ones hold the highest scores.
+        bands: dict[Optional[int], list[str]] = {}
+        for t in done:
+            bands.setdefault(self.stratum(self.trial_arch(t)), []).append(t.trial_id)
+        share = max(1, k // len(self.budget_strata_ms))
+        picked = [
+            tid for i in range(len(self.budget_strata_ms)) for tid in bands.get(i, [])[:share]
+        ]
+        picked += [t.trial_id for t in done if t.trial_id not in picked]
+        return picked[:k]
 
     def _advance(self) -> bool:
         """Moves to the next generation when the current one is complete; False = wait."""
@@ -443,13 +504,17 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
         return {"status": TrialStatus.RUNNING, "values": values}
 
     def _draw_initial(self) -> Optional[dict[str, int]]:
-        while self._seed_index < len(self.initial_archs):
-            arch = self.initial_archs[self._seed_index]
-            self._seed_index += 1
+        # The seed archs open the population in order; with strata, each draw takes the first
+        # unused seed arch that fits its stratum, else a random arch of that stratum.
+        limit = self._next_limit()
+        for i, arch in enumerate(self.initial_archs):
+            if i in self._seeds_used or not self._fits(arch, limit):
+                continue
+            self._seeds_used.add(i)
             values = self._accept(arch)
             if values is not None:
                 return values
-        return self._draw_random()
+        return self._draw_random(limit)
 
     def _draw_child(self, index: int) -> Optional[dict[str, int]]:
         parent_archs = [self.trial_arch(self.trials[t]) for t in self.current_parents]
@@ -567,7 +632,7 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
             generation=self.generation,
             trial_generation=self.trial_generation,
             current_parents=self.current_parents,
-            seed_index=self._seed_index,
+            seeds_used=sorted(self._seeds_used),
         )
         return state
 
@@ -577,7 +642,7 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
         self.generation = int(own["generation"])
         self.trial_generation = {str(k): int(g) for k, g in own["trial_generation"].items()}
         self.current_parents = list(own["current_parents"])
-        self._seed_index = int(own["seed_index"])
+        self._seeds_used = {int(i) for i in own["seeds_used"]}
 
     def _after_reload(self):
         # A trial created just before a kill may be missing from oracle.json's bookkeeping.

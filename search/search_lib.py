@@ -238,6 +238,8 @@ def build_oracle(config, space, predictor, initial_archs: Sequence[ArchConfig] =
         mflops_range=config.mflops_range,
         max_trials=config.max_trials,
         seed=config.seed,
+        # several budgets: every one gets its share of the random draws (and of the parents)
+        budget_strata_ms=config.latency_budgets_ms if len(config.latency_budgets_ms) > 1 else (),
     )
     if config.oracle == "random":
         return oracle_lib.ConstrainedRandomOracle(**common)

@@ -236,3 +236,41 @@ def test_bad_arguments():
         oracle_lib.ConstrainedEvolutionOracle(space, population=8, parents=8)
     with pytest.raises(ValueError, match="mflops_range"):
         oracle_lib.ConstrainedRandomOracle(space, mflops_range=(3, 1))
+
+
+@pytest.mark.parametrize("kind", ["evolution", "random"])
+def test_budget_strata_give_every_budget_candidates(tmp_path, kind):
+    space = small_space()
+    pred = FakePredictor(space)
+    lat = np.array([pred.predict(a) for a in enumerate_archs(space)])
+    tight, mid, loose = (float(np.percentile(lat, q)) for q in (3, 40, 80))
+    cls = {"evolution": _evolution, "random": None}[kind]
+
+    def make(strata):
+        kw = dict(max_trials=24, seed=1, budget_strata_ms=strata)
+        if cls is None:
+            return oracle_lib.ConstrainedRandomOracle(space, pred, latency_budget_ms=loose, **kw)
+        return cls(space, pred, loose, **kw)
+
+    def per_budget(archs):
+        ms = [pred.predict(a) for a in archs]
+        return [sum(m <= b for m in ms) for b in (tight, mid, loose)]
+
+    plain = per_budget(_drive(_open(make(()), tmp_path, f"{kind}_plain"), space))
+    strat = _drive(_open(make((tight, mid, loose)), tmp_path, f"{kind}_strata"), space)
+    counts = per_budget(strat)
+    assert max(pred.predict(a) for a in strat) <= loose
+    # ~3 % of the space fits the tight budget: without strata it gets ~0-1 of 24 trials.
+    assert plain[0] <= 2 and counts[0] >= 4, (plain, counts)
+    # Resume keeps the stratum sequence (the draw counter is part of the oracle state).
+    first = _drive(_open(make((tight, mid, loose)), tmp_path, f"{kind}_r"), space, n=10)
+    resumed = _open(make((tight, mid, loose)), tmp_path, f"{kind}_r")
+    resumed.reload()
+    assert [a.key() for a in first + _drive(resumed, space)] == [a.key() for a in strat]
+    # Strata above the constraint, or without a predictor, are refused.
+    with pytest.raises(ValueError, match="budget_strata_ms: .* expected positive budgets <="):
+        oracle_lib.ConstrainedRandomOracle(
+            space, pred, latency_budget_ms=mid, budget_strata_ms=(tight, loose)
+        )
+    with pytest.raises(ValueError, match="no latency predictor"):
+        oracle_lib.ConstrainedRandomOracle(space, None, budget_strata_ms=(tight,))

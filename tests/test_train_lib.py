@@ -16,6 +16,8 @@ def test_config_roundtrip_and_unknown_keys():
     cfg = TrainConfig.demo("/tmp/x", epochs=2)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.space == "demo" and cfg.dataset == "fashion_mnist" and cfg.epochs == 2
+    # The demo trains with the official sampler (3 level subnets + the level's min subnet).
+    assert cfg.sampler == "elasticvit" and cfg.num_subnets == 4
     with pytest.raises(ValueError, match="unknown key"):
         TrainConfig.from_dict({"model_dir": "x", "learning_rate": 1})
 

@@ -55,10 +55,10 @@ FULL_PLAN: dict[str, Any] = {
     "search_size": 5000,
     "train_eval_batches": 0,  # whole test split
     "probe_steps": 40,
-    "lut_budget_s": 90.0,
+    "lut_budget_s": 80.0,
     "lut_warmup": 5,
     "lut_runs": 30,
-    "lut_calibration": 3,
+    "lut_calibration": 2,
     "max_trials": 40,
     "population": 16,
     "search_calibration_batches": 10,
@@ -66,7 +66,7 @@ FULL_PLAN: dict[str, Any] = {
     "search_batch_size": 96,
     "export_verify_images": 10000,
     "export_calibration_batches": 20,
-    "export_representative_steps": 200,
+    "export_representative_steps": 100,
     "export_benchmark_runs": 50,
     "export_warmup_runs": 10,
 }
@@ -208,7 +208,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
             "plan": train_plan,
             "dataset": [dataset, data_dir],
             "seed": config.seed,
-            "recipe": "TrainConfig.demo",
+            "recipe": "TrainConfig.demo v2",  # v2: elasticvit sampler, no augmentation
         }
     )
     train_res, secs, reused = run_stage(
