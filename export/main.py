@@ -54,6 +54,7 @@ class ExportConfig:
     use_ema: bool = True
     quantize: tuple[str, ...] = ("float32",)
     int8_io: str = "float"
+    batch_size: int = 1
     representative_steps: int = 100
     calibration_batches: int = 32
     calibration_batch_size: int = 64
@@ -74,6 +75,10 @@ class ExportConfig:
         modes = tflite_lib.parse_modes(self.quantize)
         if self.int8_io not in ("float", "int8"):
             raise ValueError(f"--int8_io must be 'float' or 'int8'; received {self.int8_io!r}.")
+        if isinstance(self.batch_size, bool) or int(self.batch_size) < 0:
+            raise ValueError(
+                f"--batch_size must be >= 1 (fixed) or 0 (dynamic); received {self.batch_size}."
+            )
         has_dir = bool(self.model_dir)
         if has_dir == bool(self.keras_model):
             raise ValueError(
@@ -293,6 +298,7 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
                     representative_dataset=rep_images if mode.needs_representative_data else None,
                     int8_io=cfg.int8_io,
                     representative_steps=cfg.representative_steps,
+                    batch_size=cfg.batch_size or None,
                 )
             convert_s = time.time() - t0
             ops = tflite_lib.check_builtin_only(data)
@@ -316,6 +322,7 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
             entry: dict[str, Any] = {
                 "file": mode.file_name,
                 "size_bytes": len(data),
+                "input_shape": tflite_lib.input_shape_signature(data),
                 "convert_seconds": round(convert_s, 2),
                 "ops": ops,
                 "verification": ver.to_dict(),
@@ -473,6 +480,7 @@ def define_flags() -> None:
     f.DEFINE_boolean("use_ema", True, "Use the checkpoint's EMA weights.")
     f.DEFINE_list("quantize", ["float32"], "Comma list of float32,float16,dynamic,int8,qat.")
     f.DEFINE_enum("int8_io", "float", ["float", "int8"], "Input/output type of full-int8 models.")
+    f.DEFINE_integer("batch_size", 1, "Fixed batch of the TFLite files (0: dynamic batch).")
     f.DEFINE_integer("representative_steps", 100, "Representative images for int8 calibration.")
     f.DEFINE_integer("calibration_batches", 32, "Training batches for BN recalibration (0: off).")
     f.DEFINE_integer("verify_images", 256, "Held-out images used for verification.")
@@ -501,6 +509,7 @@ def config_from_flags(FLAGS) -> ExportConfig:
         use_ema=FLAGS.use_ema,
         quantize=tuple(FLAGS.quantize),
         int8_io=FLAGS.int8_io,
+        batch_size=FLAGS.batch_size,
         representative_steps=FLAGS.representative_steps,
         calibration_batches=FLAGS.calibration_batches,
         verify_images=FLAGS.verify_images,

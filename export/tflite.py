@@ -209,6 +209,7 @@ def convert(
     representative_dataset: Any = None,
     int8_io: str = "float",
     representative_steps: int | None = 100,
+    batch_size: int | None = None,
 ) -> bytes:
     """Converts a Keras model to a TFLite flatbuffer with builtin ops only.
 
@@ -220,6 +221,10 @@ def convert(
             accepts (a converter-style factory, image batches, a tf.data.Dataset).
         int8_io: "float" or "int8" input/output tensors for full-integer modes.
         representative_steps: maximum representative images used for calibration.
+        batch_size: None keeps the batch dimension dynamic (`-1`); an int fixes it. A fixed
+            batch is what phones run: with a dynamic batch every reshape carries a
+            SHAPE/GATHER/REDUCE_PROD/PACK chain (measured on a demo subnet: 77 vs 31
+            RESHAPEs, +15 % latency on XNNPACK, 1 thread).
 
     Returns:
         The `.tflite` flatbuffer bytes.
@@ -237,7 +242,10 @@ def convert(
         rep = make_representative_dataset(
             representative_dataset, steps=representative_steps, input_shape=input_shape
         )
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    if batch_size is None:
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    else:
+        converter = _fixed_batch_converter(keras_model, int(batch_size))
     configure_converter(converter, mode, representative_dataset=rep, int8_io=int8_io)
     try:
         # Keras 3's SavedModel export prints the endpoint signature on stdout; keep it quiet.
@@ -253,6 +261,38 @@ def convert(
         raise
     check_builtin_only(tflite_bytes)
     return bytes(tflite_bytes)
+
+
+def _fixed_batch_converter(keras_model: Any, batch_size: int) -> Any:
+    """A converter of `keras_model` traced at input shape `(batch_size, H, W, C)`."""
+    import tensorflow as tf
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (or None for dynamic); received {batch_size}.")
+    inp = keras_model.inputs[0]
+    shape = (batch_size, *(int(d) for d in inp.shape[1:]))
+    # A bare tf.Module holding the variables and one traced signature: the same graph as
+    # from_keras_model, with the batch dimension fixed.
+    module = tf.Module()
+    module.variables_ = [getattr(v, "value", v) for v in keras_model.variables]
+    name = (getattr(inp, "name", None) or "input").split(":")[0]
+    module.serve = tf.function(
+        lambda x: keras_model(x, training=False),
+        input_signature=[tf.TensorSpec(shape, tf.float32, name=name)],
+        autograph=False,
+    )
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module
+    )
+
+
+def input_shape_signature(tflite: "bytes | str | os.PathLike") -> list[int]:
+    """The first input's shape signature (`-1` marks a dynamic dimension)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    content = tflite if isinstance(tflite, (bytes, bytearray)) else open(tflite, "rb").read()
+    details = Interpreter(model_content=bytes(content)).get_input_details()[0]
+    return [int(d) for d in details["shape_signature"]]
 
 
 def _read_model(tflite: "bytes | str"):

@@ -221,3 +221,22 @@ def test_published_model_float32_exact(official_net, name):
     from elasticvit_tf.space import get_published_arch
 
     _check_float32(extract_subnet(official_net, get_published_arch(name)), 0)
+
+
+@pytest.mark.parametrize("mode", ["float32", "int8"])
+def test_fixed_batch_has_static_shapes_and_matches_keras(model, images, reference, mode):
+    rep = images[:32] if mode == "int8" else None
+    dynamic = T.convert(model, mode, representative_dataset=rep)
+    fixed = T.convert(model, mode, representative_dataset=rep, batch_size=1)
+    assert T.input_shape_signature(dynamic) == [-1, 16, 16, 3]
+    assert T.input_shape_signature(fixed) == [1, 16, 16, 3]
+    # The dynamic batch costs shape arithmetic before every reshape; the fixed one has none.
+    ops_dyn, ops_fixed = T.list_ops(dynamic), T.list_ops(fixed)
+    assert ops_dyn.get("SHAPE", 0) > 0 and "SHAPE" not in ops_fixed, (ops_dyn, ops_fixed)
+    got = V.run_tflite(fixed, images)
+    if mode == "float32":
+        assert np.max(np.abs(got - reference)) < 1e-4
+    else:  # same calibration data: the same quantized network up to the batch dimension
+        np.testing.assert_allclose(got, V.run_tflite(dynamic, images), atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        T.convert(model, "float32", batch_size=0)
