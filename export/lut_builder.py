@@ -70,27 +70,19 @@ def canonical_mode(mode: str) -> str:
 def convert_for_latency(model, mode: str, num_calibration: int = 4, seed: int = 0) -> bytes:
     """Converts a batch-1 Keras model to TFLite (builtin ops only) for timing.
 
-    The model is wrapped in a bare ``tf.Module`` (its variables and one traced signature) and
-    converted with ``from_saved_model``: the same graph as ``from_keras_model`` but without
-    Keras' per-layer SavedModel tracing, ~2x faster to write. ``int8`` is full-integer
-    quantization with float I/O, calibrated on random normal inputs (latency does not depend
-    on the calibration values).
+    The model is wrapped in a bare ``tf.Module`` (``tflite.fixed_batch_module``: its
+    variables and one batch-1 traced signature) and converted with ``from_saved_model``: the
+    same graph as ``from_keras_model`` but without Keras' per-layer SavedModel tracing, ~2x
+    faster to write. ``int8`` is full-integer quantization with float I/O, calibrated on
+    random normal inputs (latency does not depend on the calibration values).
     """
     import tensorflow as tf
 
+    from elasticvit_tf.export.tflite import fixed_batch_module
+
     mode = canonical_mode(mode)
-    shape = tuple(1 if d is None else int(d) for d in model.inputs[0].shape)  # batch 1
-    module = tf.Module()
-    module.variables_ = [getattr(v, "value", v) for v in model.variables]
-
-    def serve(x):
-        return {"y": model(x, training=False)}
-
-    module.serve = tf.function(
-        serve,
-        input_signature=[tf.TensorSpec(shape, tf.float32, name="x")],
-        autograph=False,
-    )
+    module = fixed_batch_module(model, 1)
+    shape = tuple(module.serve.input_signature[0].shape)
     with tempfile.TemporaryDirectory() as d:
         tf.saved_model.save(module, d, signatures=module.serve.get_concrete_function())
         conv = tf.lite.TFLiteConverter.from_saved_model(d)

@@ -263,16 +263,16 @@ def convert(
     return bytes(tflite_bytes)
 
 
-def _fixed_batch_converter(keras_model: Any, batch_size: int) -> Any:
-    """A converter of `keras_model` traced at input shape `(batch_size, H, W, C)`."""
+def fixed_batch_module(keras_model: Any, batch_size: int = 1) -> Any:
+    """A bare `tf.Module` holding `keras_model`'s variables and one traced signature, `serve`,
+    at input shape `(batch_size, H, W, C)`: the graph `from_keras_model` converts, with the
+    batch dimension fixed and without Keras' per-layer SavedModel tracing."""
     import tensorflow as tf
 
-    if batch_size < 1:
+    if isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (or None for dynamic); received {batch_size}.")
     inp = keras_model.inputs[0]
-    shape = (batch_size, *(int(d) for d in inp.shape[1:]))
-    # A bare tf.Module holding the variables and one traced signature: the same graph as
-    # from_keras_model, with the batch dimension fixed.
+    shape = (int(batch_size), *(int(d) for d in inp.shape[1:]))
     module = tf.Module()
     module.variables_ = [getattr(v, "value", v) for v in keras_model.variables]
     name = (getattr(inp, "name", None) or "input").split(":")[0]
@@ -281,17 +281,24 @@ def _fixed_batch_converter(keras_model: Any, batch_size: int) -> Any:
         input_signature=[tf.TensorSpec(shape, tf.float32, name=name)],
         autograph=False,
     )
+    return module
+
+
+def _fixed_batch_converter(keras_model: Any, batch_size: int) -> Any:
+    """A converter of `keras_model` traced at input shape `(batch_size, H, W, C)`."""
+    import tensorflow as tf
+
+    module = fixed_batch_module(keras_model, batch_size)
     return tf.lite.TFLiteConverter.from_concrete_functions(
         [module.serve.get_concrete_function()], module
     )
 
 
-def input_shape_signature(tflite: "bytes | str | os.PathLike") -> list[int]:
-    """The first input's shape signature (`-1` marks a dynamic dimension)."""
+def input_shape_signature(tflite: bytes) -> list[int]:
+    """The first input's shape signature of a flatbuffer (`-1` marks a dynamic dimension)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    content = tflite if isinstance(tflite, (bytes, bytearray)) else open(tflite, "rb").read()
-    details = Interpreter(model_content=bytes(content)).get_input_details()[0]
+    details = Interpreter(model_content=bytes(tflite)).get_input_details()[0]
     return [int(d) for d in details["shape_signature"]]
 
 

@@ -224,8 +224,6 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
     def _random_arch(self) -> ArchConfig:
         return self.space.sample(self._rng)
 
-    _UNSET = object()
-
     def _next_limit(self) -> Optional[float]:
         """The stratum budget of the next random draw (None without strata)."""
         if not self.budget_strata_ms:
@@ -237,9 +235,8 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
     def _fits(self, arch: ArchConfig, limit: Optional[float]) -> bool:
         return limit is None or self._predict(arch) <= limit
 
-    def _draw_random(self, limit: Any = _UNSET) -> Optional[dict[str, int]]:
-        if limit is self._UNSET:
-            limit = self._next_limit()
+    def _draw_random(self, limit: Optional[float]) -> Optional[dict[str, int]]:
+        """A new in-constraint random arch that also fits ``limit`` (a stratum budget)."""
         for _ in range(self.max_attempts):
             arch = self._random_arch()
             if not self._fits(arch, limit):
@@ -356,7 +353,7 @@ class ConstrainedRandomOracle(ConstrainedOracleBase):
     """Baseline: uniform archs from the space (``space.sample``), constraints by rejection."""
 
     def populate_space(self, trial_id):
-        values = self._draw_random()
+        values = self._draw_random(self._next_limit())
         if values is None:
             return self._stop(
                 f"no new arch satisfying the constraints in {self.max_attempts} random draws"
@@ -519,7 +516,7 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
     def _draw_child(self, index: int) -> Optional[dict[str, int]]:
         parent_archs = [self.trial_arch(self.trials[t]) for t in self.current_parents]
         if not parent_archs:  # every earlier trial failed: keep exploring at random
-            return self._draw_random()
+            return self._draw_random(self._next_limit())
         quota = self._quota(self.generation)
         first, second = (
             (self.mutate, self.crossover)
@@ -531,7 +528,7 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
                 values = self._accept(gen(parent_archs))
                 if values is not None:
                     return values
-        return self._draw_random()
+        return self._draw_random(self._next_limit())
 
     # ------------------------------------------------------------------------- operators
     def _draw(self, choices: Sequence[int]) -> int:
