@@ -73,7 +73,7 @@ def _context(tmp_path, int8_accs=(85.5, 86.0), float_accs=(86.0, 87.0)):
             "seed": 0,
             "output_dir": out,
         }
-    from elasticvit_tf.pipeline.demo import QUICK_PLAN
+    from elasticvit_tf.pipeline.demo_lib import QUICK_PLAN
 
     return {
         "config": {
@@ -233,7 +233,7 @@ def test_fallback_search_commands_in_markdown(tmp_path):
 
 
 def test_demo_command_lists_non_default_flags(tmp_path):
-    from elasticvit_tf.pipeline.demo import DemoConfig
+    from elasticvit_tf.pipeline.demo_lib import DemoConfig
 
     cfg = DemoConfig(output_dir="runs/x", train_steps=300, lut_clock="cpu", budgets_ms=(1, 2.5))
     cmd = shlex.split(report_lib.demo_command(cfg.to_dict()))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from elasticvit_tf.export import benchmark as bench_lib
-from elasticvit_tf.export import main as M
+from elasticvit_tf.export import export_main as M
 from elasticvit_tf.export import quantize as quant_lib
 from elasticvit_tf.export import tflite as tflite_lib
 from elasticvit_tf.export import verify as verify_lib
@@ -205,7 +205,7 @@ def test_cli_reports_clear_error(tmp_path):
         [
             sys.executable,
             "-m",
-            "elasticvit_tf.export.main",
+            "elasticvit_tf.export.export_main",
             "--keras_model=/nonexistent.keras",
             "--quantize=float32,int4",
             f"--output_dir={tmp_path / 'out'}",

@@ -1,10 +1,10 @@
-"""Tests for elasticvit_tf.losses: hand-computed values and gradients."""
+"""Tests for elasticvit_tf.train.losses: hand-computed values and gradients."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from elasticvit_tf import losses
+from elasticvit_tf.train import losses
 
 
 def _softmax(z):

@@ -12,13 +12,14 @@ import sys
 
 import pytest
 
-from elasticvit_tf.pipeline import demo, stages
+from elasticvit_tf.pipeline import demo_lib as demo
+from elasticvit_tf.pipeline import stages
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def _demo_cmd(*args):
-    return [sys.executable, "-m", "elasticvit_tf.pipeline.main", *args]
+    return [sys.executable, "-m", "elasticvit_tf.pipeline.demo_main", *args]
 
 
 # ------------------------------------------------------------------------------- fast

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from elasticvit_tf import losses
-from elasticvit_tf.train import optim, recipe
+from elasticvit_tf.train import losses, optim, recipe
 
 
 class _SlotNet(keras.Model):

@@ -1,4 +1,4 @@
-"""elasticvit-search (search/main.py) and search_lib.run_search: end to end and bad input."""
+"""elasticvit-search (search/search_main.py) and search_lib.run_search: end to end and bad input."""
 
 import json
 import math
@@ -91,7 +91,7 @@ def _run_binary(args, timeout=300):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("KERASTUNER_ORACLE_IP", None)
     return subprocess.run(
-        [sys.executable, "-m", "elasticvit_tf.search.main", *args],
+        [sys.executable, "-m", "elasticvit_tf.search.search_main", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -94,7 +94,7 @@ def test_multi_worker_two_workers_on_localhost(tmp_path):
     args = [
         sys.executable,
         "-m",
-        "elasticvit_tf.train.main",
+        "elasticvit_tf.train.train_main",
         f"--model_dir={out}",
         "--space=tiny",
         "--dataset=digits",

@@ -14,7 +14,7 @@ from absl import flags
 
 from elasticvit_tf import model_dir as md
 from elasticvit_tf.space import get_space
-from elasticvit_tf.train import main as train_main
+from elasticvit_tf.train import train_main
 
 FLAGS = flags.FLAGS
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -73,7 +73,7 @@ def test_model_dir_of_another_space_is_refused(tmp_path, run_main):
 
 def test_batch_not_divisible_by_replicas_exits_2(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "elasticvit_tf.train.main", *_base(out)]
+    cmd = [sys.executable, "-m", "elasticvit_tf.train.train_main", *_base(out)]
     cmd += ["--strategy=mirrored", "--cpu_devices=2", "--batch_size=33"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -86,7 +86,7 @@ def _train_cmd(model_dir):
     return [
         sys.executable,
         "-m",
-        "elasticvit_tf.train.main",
+        "elasticvit_tf.train.train_main",
         f"--model_dir={model_dir}",
         "--space=tiny",
         "--dataset=digits",

@@ -39,7 +39,7 @@ def command(binary: str, flags: dict[str, Any]) -> str:
 
 def demo_command(config: dict) -> str:
     """``elasticvit-demo`` with the output dir and every flag that differs from the defaults."""
-    from elasticvit_tf.pipeline.demo import DemoConfig
+    from elasticvit_tf.pipeline.demo_lib import DemoConfig
 
     defaults = DemoConfig().to_dict()
     flags = {"output_dir": config["output_dir"]}

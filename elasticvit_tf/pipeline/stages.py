@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
-    from elasticvit_tf.pipeline.demo import DemoConfig
+    from elasticvit_tf.pipeline.demo_lib import DemoConfig
 
 BUDGET_FRACTIONS = (0.25, 0.5, 0.75)
 LATENCY_MODE = "fp32"
@@ -479,7 +479,7 @@ def run_search_stage(sc, space, log=print) -> dict:
 
 # ------------------------------------------------------------------------------- export
 def export_config(plan: dict, config: "DemoConfig", layout, arch_path: str, out_dir: str):
-    from elasticvit_tf.export.main import ExportConfig
+    from elasticvit_tf.export.export_main import ExportConfig
 
     return ExportConfig(
         output_dir=out_dir,
@@ -517,7 +517,7 @@ def _mode_summary(entry: dict, out_dir: str) -> dict:
 def run_export_stage(plan, config, layout, best: dict, log=print) -> dict:
     """Exports each budget's best arch (an arch chosen by several budgets is exported once)."""
     from elasticvit_tf.arch import ArchConfig
-    from elasticvit_tf.export.main import run_export
+    from elasticvit_tf.export.export_main import run_export
 
     os.makedirs(layout.export_dir, exist_ok=True)
     done: dict[str, dict] = {}

@@ -31,9 +31,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from elasticvit_tf import losses
 from elasticvit_tf.model_dir import EmaWeights, ema_source_variables
-from elasticvit_tf.train import optim
+from elasticvit_tf.train import losses, optim
 
 
 class SupernetTrainer(keras.Model):

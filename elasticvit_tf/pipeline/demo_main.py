@@ -50,7 +50,7 @@ def define_flags() -> None:
 
 
 def config_from_flags(FLAGS):
-    from elasticvit_tf.pipeline.demo import DemoConfig
+    from elasticvit_tf.pipeline.demo_lib import DemoConfig
 
     try:
         budgets = tuple(float(b) for b in FLAGS.budgets_ms)
@@ -80,11 +80,11 @@ def main(argv) -> int:
         print(f"elasticvit-demo: error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from elasticvit_tf.pipeline import demo
+    from elasticvit_tf.pipeline import demo_lib
 
     try:
         config = config_from_flags(flags.FLAGS)
-        report = demo.run_demo(config)
+        report = demo_lib.run_demo(config)
     except ValueError as e:
         print(f"elasticvit-demo: error: {e}", file=sys.stderr)
         return 2
