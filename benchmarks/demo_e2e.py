@@ -59,7 +59,8 @@ def main(argv) -> int:
         with open(FLAGS.report) as f:
             report = json.load(f)
     else:
-        from elasticvit_tf.pipeline.demo_lib import DemoConfig, run_demo
+        from elasticvit_tf.pipeline.demo_config import DemoConfig
+        from elasticvit_tf.pipeline.demo_lib import run_demo
 
         out = FLAGS.output_dir or ("runs/demo_bench_quick" if FLAGS.quick else "runs/demo_bench")
         report = run_demo(DemoConfig(output_dir=out, quick=FLAGS.quick, resume=FLAGS.resume))

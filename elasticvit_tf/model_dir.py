@@ -126,6 +126,33 @@ def read_config(model_dir: str) -> dict:
     return config
 
 
+def read_training_curves(model_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of a run as ``{tag: [(step, value), ...]}`` sorted by step: the training
+    TensorBoard logs (``tensorboard/train``) plus ``eval/<name>_top1`` from ``eval.json``."""
+    curves: dict[str, list] = {}
+    tb = os.path.join(tensorboard_dir(model_dir), "train")
+    if os.path.isdir(tb):
+        for name in sorted(os.listdir(tb)):
+            if "tfevents" not in name:
+                continue
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(tb, name)):
+                for v in event.summary.value:
+                    val = (
+                        float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+                    )
+                    curves.setdefault(v.tag, []).append((int(event.step), val))
+    try:
+        with open(eval_path(model_dir)) as f:
+            ev = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        ev = {}
+    for rec in ev.get("records", []) if isinstance(ev, dict) else []:
+        for k, v in rec.items():
+            if k.endswith("_top1") and v is not None:
+                curves.setdefault(f"eval/{k}", []).append((int(rec["step"]), float(v)))
+    return {k: sorted(set(v)) for k, v in curves.items()}
+
+
 # ------------------------------------------------------------------------------- spaces
 def space_config(space: SearchSpace) -> dict:
     """The config entries that identify a space: name, fingerprint and full definition."""

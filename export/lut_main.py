@@ -40,6 +40,14 @@ def define_flags() -> None:
     flags.DEFINE_string("output_dir", "luts", "Directory the LUT JSON files go to.")
 
 
+def command_line(space: str, output_dir: str, **settings) -> str:
+    """The ``elasticvit-lut`` command of ``lut_builder.build_lut(get_space(space),
+    output_path=output_dir, **settings)`` (every setting given is spelled out)."""
+    from elasticvit_tf import cli
+
+    return cli.command("elasticvit-lut", {"space": space, **settings, "output_dir": output_dir})
+
+
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")

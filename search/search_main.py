@@ -89,6 +89,21 @@ def config_from_flags(FLAGS):
     )
 
 
+def command_line(config) -> str:
+    """The ``elasticvit-search`` command that runs ``config`` (a ``SearchConfig``; flags left
+    at their defaults omitted)."""
+    from elasticvit_tf import cli
+    from elasticvit_tf.search.search_lib import SearchConfig
+
+    def flag_values(c):
+        renamed = {"latency_budgets_ms": "latency_budget_ms"}
+        return {renamed.get(k, k): v for k, v in c.to_dict().items()}
+
+    return cli.command(
+        "elasticvit-search", flag_values(config), flag_values(SearchConfig()), always=("model_dir",)
+    )
+
+
 def main(argv) -> int:
     del argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

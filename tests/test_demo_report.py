@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from elasticvit_tf.pipeline import report as report_lib
-from elasticvit_tf.pipeline.stages import Layout, choose_budgets
+from elasticvit_tf.pipeline.stages import Layout
 
 
 def _mode(acc, keras_acc, ms, size=20480):
@@ -73,7 +73,7 @@ def _context(tmp_path, int8_accs=(85.5, 86.0), float_accs=(86.0, 87.0)):
             "seed": 0,
             "output_dir": out,
         }
-    from elasticvit_tf.pipeline.demo_lib import QUICK_PLAN
+    from elasticvit_tf.pipeline.demo_config import QUICK_PLAN
 
     return {
         "config": {
@@ -124,6 +124,16 @@ def _context(tmp_path, int8_accs=(85.5, 86.0), float_accs=(86.0, 87.0)):
                     "max_arch_ms": 2.5,
                 }
             },
+        },
+        "lut_settings": {
+            "modes": ("fp32", "int8"),
+            "target": "local",
+            "num_threads": 1,
+            "budget_s": 8.0,
+            "warmup": 2,
+            "runs": 5,
+            "num_calibration": 2,
+            "seed": 0,
         },
         "budgets_ms": budgets,
         "budget_source": "test",
@@ -211,7 +221,8 @@ def test_commands_carry_the_demo_settings(tmp_path):
     train = shlex.split(c["train"])
     assert train[0] == "elasticvit-train"
     assert "--steps=40" in train and "--dataset=digits" in train and "--lr=0.004" in train
-    assert not any(a.startswith("--verbose") or a.startswith("--sampler_kwargs") for a in train)
+    assert "--verbose=0" in train  # the demo's setting, spelled like every other one
+    assert not any(a.startswith("--sampler_kwargs") for a in train)  # the default: left out
     search = shlex.split(c["search"])
     assert "--latency_budget_ms=1,2" in search and "--max_trials=6" in search
     assert len(c["export"]) == 2
@@ -230,25 +241,3 @@ def test_fallback_search_commands_in_markdown(tmp_path):
     cmd = r["commands"]["search_extra"][0]
     assert "--latency_budget_ms=1" in shlex.split(cmd) and "--project_name=search_1ms" in cmd
     assert cmd in report_lib.markdown(r)
-
-
-def test_demo_command_lists_non_default_flags(tmp_path):
-    from elasticvit_tf.pipeline.demo_lib import DemoConfig
-
-    cfg = DemoConfig(output_dir="runs/x", train_steps=300, lut_clock="cpu", budgets_ms=(1, 2.5))
-    cmd = shlex.split(report_lib.demo_command(cfg.to_dict()))
-    assert cmd[0] == "elasticvit-demo"
-    assert sorted(cmd[1:]) == sorted(
-        ["--output_dir=runs/x", "--train_steps=300", "--lut_clock=cpu", "--budgets_ms=1,2.5"]
-    )
-
-
-def test_command_quotes_and_booleans():
-    cmd = report_lib.command("x", {"a": "b c", "flag": True, "off": False, "skip": None})
-    assert shlex.split(cmd) == ["x", "--a=b c", "--flag", "--nooff"]
-
-
-def test_choose_budgets_points_and_errors():
-    assert choose_budgets(1.0, 3.0) == [1.5, 2.0, 2.5]
-    with pytest.raises(ValueError, match=r"latency range \(2, 1\) ms"):
-        choose_budgets(2.0, 1.0)

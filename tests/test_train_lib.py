@@ -50,6 +50,78 @@ def test_make_strategy_multi_worker_needs_tf_config(monkeypatch):
         train_lib.make_strategy("auto")
 
 
+def test_time_box_plans_steps_from_the_probe(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_train(cfg, extra_callbacks=()):
+        calls.append(cfg)
+        return {
+            "step": cfg.steps,
+            "resumed_from_step": calls[-2].steps if len(calls) > 1 else 0,
+            "train_seconds": 5.0,
+            "min_top1": 0.5,
+            "max_top1": 0.6,
+        }
+
+    monkeypatch.setattr(train_lib, "_train", fake_train)
+    monkeypatch.setattr(train_lib, "total_steps", lambda tc: 1000)
+    # First logging window holds the tracing (ignored); steady 256 images/s = 2 steps/s.
+    curve = {"throughput_images_per_s": [(10, 1.0), (20, 256.0), (30, 256.0)]}
+    monkeypatch.setattr(md, "read_training_curves", lambda d: curve)
+    tc = TrainConfig.demo(str(tmp_path), batch_size=128)
+    box = train_lib.TimeBox(60.0)
+    res = train_lib.train(tc, time_box=box, log=lambda s: None)
+    assert [c.steps for c in calls][0] == 40  # the probe, inside the 100-step warm-up
+    assert calls[0].eval_batches == 1 and calls[0].warmup_steps == 39
+    # Same LR slope as the full 100-step warm-up: lr' - warmup_lr = (lr - warmup_lr) * 39/100.
+    assert calls[0].lr - tc.warmup_lr == pytest.approx((tc.lr - tc.warmup_lr) * 0.39)
+    assert calls[1].warmup_steps == 100 and calls[1].lr == tc.lr
+    # 60 s box - 30 s final evaluation (the fake probe took ~0 s) at 2 steps/s planned with
+    # the 0.94 rate margin: 40 + int(30 * 2 * 0.94) = 96.
+    assert box.rate_margin == 0.94 and box.final_eval_seconds == 30.0
+    assert res["planned_steps"] == calls[1].steps
+    assert 93 <= res["planned_steps"] <= 96  # minus the test's own (real) elapsed time
+    assert res["probe_steps_per_s"] == pytest.approx(2.0)
+    assert res["target_steps"] == 1000 and res["time_boxed"] is True
+    assert res["time_box_s"] == 60.0
+
+
+def test_time_box_without_room_for_a_probe_runs_the_config(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(
+        train_lib, "_train", lambda cfg, extra_callbacks=(): calls.append(cfg) or {}
+    )
+    monkeypatch.setattr(train_lib, "total_steps", lambda tc: 1000)
+    tc = TrainConfig.demo(str(tmp_path), warmup_steps=0)
+    res = train_lib.train(tc, time_box=train_lib.TimeBox(60.0), log=lambda s: None)
+    assert [c.steps for c in calls] == [1000]
+    assert res["probe_steps"] == 0 and res["time_box_s"] is None and res["time_boxed"] is False
+
+
+def test_plain_train_runs_the_config_as_given(monkeypatch, tmp_path):
+    """Without a time box ``train`` runs the config unchanged (no probe, no planning)."""
+    calls = []
+    monkeypatch.setattr(
+        train_lib, "_train", lambda cfg, extra_callbacks=(): calls.append(cfg) or {}
+    )
+    tc = TrainConfig.demo(str(tmp_path), steps=7)
+    assert train_lib.train(tc) == {}
+    assert calls == [tc]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seconds": 0}, "seconds=0"),
+        ({"seconds": 10, "probe_steps": -1}, "probe_steps=-1"),
+        ({"seconds": 10, "rate_margin": 1.5}, "rate_margin=1.5"),
+    ],
+)
+def test_time_box_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        train_lib.TimeBox(**kwargs)
+
+
 @pytest.mark.slow
 def test_tiny_digits_one_device_better_than_chance(tmp_path):
     out = str(tmp_path / "run")

@@ -50,7 +50,7 @@ def define_flags() -> None:
 
 
 def config_from_flags(FLAGS):
-    from elasticvit_tf.pipeline.demo_lib import DemoConfig
+    from elasticvit_tf.pipeline.demo_config import DemoConfig
 
     try:
         budgets = tuple(float(b) for b in FLAGS.budgets_ms)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shlex
 import shutil
 from typing import Any, Optional
 
@@ -22,98 +21,30 @@ GOAL_INT8_DROP = 1.0  # points, int8 vs float
 
 
 # ------------------------------------------------------------------------------- commands
-def _flag(name: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return f"--{name}" if value else f"--no{name}"
-    if isinstance(value, (list, tuple)):
-        value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    elif isinstance(value, float):
-        value = f"{value:g}"
-    return shlex.quote(f"--{name}={value}")
-
-
-def command(binary: str, flags: dict[str, Any]) -> str:
-    """``binary --k=v ...`` (None values left out), shell-quoted."""
-    return " ".join([binary] + [_flag(k, v) for k, v in flags.items() if v is not None])
-
-
-def demo_command(config: dict) -> str:
-    """``elasticvit-demo`` with the output dir and every flag that differs from the defaults."""
-    from elasticvit_tf.pipeline.demo_lib import DemoConfig
-
-    defaults = DemoConfig().to_dict()
-    flags = {"output_dir": config["output_dir"]}
-    flags.update(
-        {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in config.items()
-            if k in defaults and v != defaults[k] and k not in ("output_dir", "verbose")
-        }
-    )
-    return command("elasticvit-demo", flags)
-
-
-def train_command(train_config: dict, steps: int) -> str:
-    """``elasticvit-train`` with every setting that differs from ``TrainConfig()``'s defaults."""
+def commands(ctx: dict) -> dict[str, Any]:
+    """The command line of every step, rendered by the binary that owns the flags."""
+    from elasticvit_tf.export import export_main, lut_main
+    from elasticvit_tf.export.export_lib import ExportConfig
+    from elasticvit_tf.pipeline import demo_config
+    from elasticvit_tf.search import search_main
+    from elasticvit_tf.search.search_lib import SearchConfig
+    from elasticvit_tf.train import train_main
     from elasticvit_tf.train.train_lib import TrainConfig
 
-    defaults = TrainConfig().to_dict()
-    cfg = dict(train_config, steps=steps)
-    flags = {
-        k: v
-        for k, v in cfg.items()
-        if v != defaults.get(k) and not isinstance(v, dict) and k != "verbose"
+    tc = TrainConfig.from_dict(dict(ctx["train_config"], steps=ctx["train"]["planned_steps"]))
+    return {
+        "demo": demo_config.command_line(demo_config.DemoConfig(**ctx["config"])),
+        "train": train_main.command_line(tc),
+        "lut": lut_main.command_line("demo", ctx["layout"].lut_dir, **ctx["lut_settings"]),
+        "search": search_main.command_line(SearchConfig(**ctx["search_config"])),
+        "search_extra": [
+            search_main.command_line(SearchConfig(**c))
+            for c in ctx["search"].get("extra_configs", [])
+        ],
+        "export": [
+            export_main.command_line(ExportConfig(**ec)) for ec in ctx["export"]["configs"].values()
+        ],
     }
-    return command("elasticvit-train", flags)
-
-
-def lut_command(plan: dict, lut_dir: str, seed: int, num_threads: int, clock="wall") -> str:
-    return command(
-        "elasticvit-lut",
-        {
-            "space": "demo",
-            "modes": ["fp32", "int8"],
-            "target": "local",
-            "num_threads": num_threads,
-            "budget_s": float(plan["lut_budget_s"]),
-            "warmup": plan["lut_warmup"],
-            "runs": plan["lut_runs"],
-            "num_calibration": plan["lut_calibration"],
-            "seed": seed,
-            "clock": None if clock == "wall" else clock,
-            "output_dir": lut_dir,
-        },
-    )
-
-
-def search_command(sc: dict) -> str:
-    return command(
-        "elasticvit-search",
-        {
-            "model_dir": sc["model_dir"],
-            "space": sc["space"],
-            "latency_lut": sc["latency_lut"],
-            "latency_mode": sc["latency_mode"],
-            "latency_budget_ms": list(sc["latency_budgets_ms"]),
-            "max_trials": sc["max_trials"],
-            "population": sc["population"],
-            "seed": sc["seed"],
-            "directory": sc["directory"],
-            "project_name": sc["project_name"],
-            "calibration_batches": sc["calibration_batches"],
-            "eval_batches": sc["eval_batches"],
-            "batch_size": sc["batch_size"],
-        },
-    )
-
-
-def export_command(ec: dict) -> str:
-    keys = (
-        "model_dir", "arch", "space", "quantize", "representative_steps", "calibration_batches",
-        "verify_images", "max_accuracy_drop", "num_threads", "warmup_runs", "benchmark_runs",
-        "seed", "output_dir",
-    )  # fmt: skip
-    return command("elasticvit-export", {k: ec[k] for k in keys})
 
 
 # ------------------------------------------------------------------------------- plots
@@ -220,20 +151,6 @@ def build_report(ctx: dict) -> dict:
     stage_budget_s = {"train": 9 * 60, "lut": 120, "search": 120, "export": 120}
     for k, v in stages.items():
         v["budget_s"] = stage_budget_s[k]
-    commands = {
-        "demo": demo_command(ctx["config"]),
-        "train": train_command(ctx["train_config"], train["planned_steps"]),
-        "lut": lut_command(
-            plan,
-            layout.lut_dir,
-            ctx["config"]["seed"],
-            ctx["config"]["num_threads"],
-            ctx["config"].get("lut_clock", "wall"),
-        ),
-        "search": search_command(ctx["search_config"]),
-        "search_extra": [search_command(c) for c in ctx["search"].get("extra_configs", [])],
-        "export": [export_command(ec) for ec in ctx["export"]["configs"].values()],
-    }
     files = {
         "report_md": "report.md",
         "report_json": "report.json",
@@ -288,7 +205,7 @@ def build_report(ctx: dict) -> dict:
         },
         "chosen": chosen,
         "goals": goals,
-        "commands": commands,
+        "commands": commands(ctx),
         "files": files,
     }
 

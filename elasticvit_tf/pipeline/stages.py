@@ -1,8 +1,9 @@
 """The demo's stages: training (time-boxed), latency LUT, search and export, plus the stage
 bookkeeping (inputs fingerprint, reuse of finished stages, progress heartbeat).
 
-Each function composes the flag-free library of one part: ``train.train_lib``,
-``export.lut_builder`` + ``search.latency``, ``search.search_lib`` and ``export.main``.
+Each stage adapts the demo's settings (``DemoConfig`` and its plan) to the flag-free library of
+one part: ``train.train_lib``, ``export.lut_builder`` + ``search.latency``,
+``search.search_lib`` and ``export.export_lib``; the algorithms live there.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import os
 import shutil
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
-if TYPE_CHECKING:
-    from elasticvit_tf.pipeline.demo_lib import DemoConfig
+from elasticvit_tf.pipeline.demo_config import DemoConfig
 
 BUDGET_FRACTIONS = (0.25, 0.5, 0.75)
 LATENCY_MODE = "fp32"
@@ -144,7 +144,7 @@ def run_stage(layout, name, fp, resume, fn, log=print) -> tuple[dict, float, boo
 
 
 # ------------------------------------------------------------------------------- data
-def resolve_dataset(config: "DemoConfig") -> tuple[str, Optional[str], list[str]]:
+def resolve_dataset(config: DemoConfig) -> tuple[str, Optional[str], list[str]]:
     """``(dataset, data_dir, notices)``: Fashion-MNIST falls back to digits with a notice."""
     from elasticvit_tf import data as data_lib
 
@@ -154,15 +154,15 @@ def resolve_dataset(config: "DemoConfig") -> tuple[str, Optional[str], list[str]
 
 
 # ------------------------------------------------------------------------------- train
-def train_config(config: "DemoConfig", plan: dict, dataset: str, data_dir: Optional[str], layout):
+def train_config(config: DemoConfig, plan: dict, dataset: str, data_dir: Optional[str], layout):
     """The ``TrainConfig`` of the demo (the training part's demo recipe + the plan)."""
-    from elasticvit_tf.train.train_lib import TrainConfig
+    from elasticvit_tf.train import train_lib
 
     search_size = plan["search_size"]
     if dataset == "digits":  # 1797 images in all
         search_size = min(search_size, 300)
     extra = {"num_subnets": plan["num_subnets"]} if plan["num_subnets"] else {}
-    tc = TrainConfig.demo(
+    tc = train_lib.TrainConfig.demo(
         layout.model_dir,
         dataset=dataset,
         data_dir=data_dir,
@@ -173,152 +173,52 @@ def train_config(config: "DemoConfig", plan: dict, dataset: str, data_dir: Optio
         verbose=config.verbose,
         **extra,
     )
-    steps = plan["train_steps"] or _total_steps(tc)
+    steps = plan["train_steps"] or train_lib.total_steps(tc)
     if tc.warmup_steps + tc.cooldown_steps >= steps // 2:
         # A short run keeps a quarter of its steps for the warm-up.
         tc = dataclasses.replace(tc, warmup_steps=steps // 4, cooldown_steps=0)
     return tc
 
 
-def _total_steps(tc) -> int:
-    from elasticvit_tf import data as data_lib
-
-    if tc.steps:
-        return int(tc.steps)
-    dcfg = data_lib.DataConfig(
-        dataset=tc.dataset,
-        data_dir=tc.data_dir,
-        image_size=int(tc.image_size or 28),
-        search_size=tc.search_size,
-        split_seed=tc.split_seed,
-        max_train_examples=tc.max_train_examples,
-    )
-    train_size = data_lib.get_info(dcfg).split_sizes["train"]
-    return int(tc.epochs) * max(1, train_size // tc.batch_size)
-
-
-RATE_MARGIN = 0.94  # share of the probe's steady step rate the time box plans with
-
-
 def run_train(tc, plan: dict, log=print) -> dict:
-    """Trains; returns the train result plus planning figures.
-
-    With an explicit ``train_steps`` the run has that many steps. Otherwise the recipe's steps
-    are time-boxed to ``train_minutes``: a probe of ``probe_steps`` steps (inside the LR
-    warm-up, whose values do not depend on the total, so the probe is the first part of the
-    final schedule) measures the steady step rate and the fixed costs (graph tracing, final
-    evaluation), then the run resumes from the probe's checkpoint with the steps that fit.
-    """
+    """Trains ``plan["train_steps"]`` steps, else the recipe's steps time-boxed to
+    ``plan["train_minutes"]`` (``train_lib.TimeBox``); returns the train result plus the
+    planning figures of the report."""
     from elasticvit_tf.train import train_lib
 
-    target = int(plan["train_steps"] or _total_steps(tc))
-    box_s = float(plan["train_minutes"]) * 60.0
-    probe = 0
-    if not plan["train_steps"]:
-        probe = min(int(plan["probe_steps"]), max(0, int(tc.warmup_steps)), target // 4)
-        probe = probe if probe >= 4 else 0
-    t0 = time.monotonic()
-    steps, rate, overhead = target, None, None
-    if probe > 0:
-        log(f"[train] probe: {probe} steps (inside the LR warm-up) to measure the step rate")
-        # The schedule needs warm-up < total steps: the probe warms up over probe - 1 steps
-        # towards a proportionally lower peak, i.e. the same LR values as the full warm-up.
-        w = probe - 1
-        probe_tc = dataclasses.replace(
-            tc,
-            steps=probe,
-            warmup_steps=w,
-            cooldown_steps=0,
-            lr=tc.warmup_lr + (tc.lr - tc.warmup_lr) * w / max(1, tc.warmup_steps),
-            eval_batches=1,
-            calib_batches=2,
-        )
-        pr = train_lib.train(probe_tc)
-        probe_s = time.monotonic() - t0
-        rate = steady_step_rate(tc.model_dir, tc.batch_size)
-        if rate is None and pr["train_seconds"] > 0 and pr["step"] > pr["resumed_from_step"]:
-            rate = (pr["step"] - pr["resumed_from_step"]) / pr["train_seconds"]
-        if rate:
-            # Fixed costs seen by the probe (tracing, checkpoint, evaluation) recur once.
-            overhead = max(0.0, probe_s - (pr["step"] - pr["resumed_from_step"]) / rate)
-            final_eval_s = 30.0  # full test-split evaluation of the min and max subnets
-            left = box_s - probe_s - overhead - final_eval_s
-            # The probe's rate is optimistic: the level walk reaches larger subnets later and
-            # checkpoints recur (measured: 2.4 % over a 9-minute box without this margin).
-            planning_rate = rate * RATE_MARGIN
-            steps = max(pr["step"], min(target, pr["step"] + int(max(0.0, left) * planning_rate)))
-        log(
-            f"[train] probe: {rate or 0:.3f} steps/s steady, {overhead or 0:.0f}s fixed costs; "
-            f"planned {steps}/{target} steps to fit {box_s / 60:.1f} min"
-        )
-    result = train_lib.train(dataclasses.replace(tc, steps=steps))
-    result.update(
-        {
-            "target_steps": target,
-            "planned_steps": steps,
-            "time_box_s": box_s if probe > 0 else None,
-            "probe_steps": probe,
-            "probe_steps_per_s": rate,
-            "probe_overhead_s": overhead,
-            "time_boxed": steps < target,
-            "wall_seconds": time.monotonic() - t0,
-        }
-    )
-    return result
-
-
-def steady_step_rate(model_dir: str, batch_size: int) -> Optional[float]:
-    """Median logged throughput after the first logging window (which holds the tracing)."""
-    import numpy as np
-
-    tput = read_training_curve(model_dir).get("throughput_images_per_s", [])
-    vals = [v for _, v in tput[1:] if v > 0]
-    return float(np.median(vals)) / batch_size if vals else None
-
-
-def read_training_curve(model_dir: str) -> dict[str, list]:
-    """Scalars from the model_dir's TensorBoard logs and eval.json, for the curve PNG."""
-    import tensorflow as tf
-
-    curves: dict[str, list] = {}
-    tb = os.path.join(model_dir, "tensorboard", "train")
-    if os.path.isdir(tb):
-        for name in sorted(os.listdir(tb)):
-            if "tfevents" not in name:
-                continue
-            for event in tf.compat.v1.train.summary_iterator(os.path.join(tb, name)):
-                for v in event.summary.value:
-                    val = (
-                        float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
-                    )
-                    curves.setdefault(v.tag, []).append((int(event.step), val))
-    ev = _read_json(os.path.join(model_dir, "eval.json")) or {}
-    for rec in ev.get("records", []):
-        for k, v in rec.items():
-            if k.endswith("_top1") and v is not None:
-                curves.setdefault(f"eval/{k}", []).append((int(rec["step"]), float(v)))
-    return {k: sorted(set(v)) for k, v in curves.items()}
+    if plan["train_steps"]:
+        steps = int(plan["train_steps"])
+        result = train_lib.train(dataclasses.replace(tc, steps=steps))
+        plan_figures = {"target_steps": steps, "planned_steps": steps, "time_box_s": None}
+        return {**result, **plan_figures, "probe_steps": 0, "time_boxed": False}
+    box = train_lib.TimeBox(float(plan["train_minutes"]) * 60.0, probe_steps=plan["probe_steps"])
+    return train_lib.train(tc, time_box=box, log=log)
 
 
 # ------------------------------------------------------------------------------- lut
-def run_lut(space, plan: dict, config: "DemoConfig", layout, log=print) -> dict:
-    from elasticvit_tf.export import lut_builder
-    from elasticvit_tf.search import latency
-
+def lut_settings(plan: dict, config: DemoConfig) -> dict:
+    """The demo's keyword arguments of ``lut_builder.build_lut`` (besides the space and the
+    output path); the report renders them as the ``elasticvit-lut`` command."""
     extra = {"clock": config.lut_clock} if config.lut_clock != "wall" else {}
-    out = lut_builder.build_lut(
-        space,
+    return dict(
         modes=("fp32", "int8"),
         target="local",
         num_threads=config.num_threads,
-        budget_s=plan["lut_budget_s"],
-        output_path=layout.lut_dir,
+        budget_s=float(plan["lut_budget_s"]),
         warmup=plan["lut_warmup"],
         runs=plan["lut_runs"],
         num_calibration=plan["lut_calibration"],
         seed=config.seed,
-        log=log,
         **extra,
+    )
+
+
+def run_lut(space, plan: dict, config: DemoConfig, layout, log=print) -> dict:
+    from elasticvit_tf.export import lut_builder
+    from elasticvit_tf.search import latency
+
+    out = lut_builder.build_lut(
+        space, output_path=layout.lut_dir, log=log, **lut_settings(plan, config)
     )
     result = {"paths": {}, "files": [], "modes": {}}
     for mode, r in out.items():
@@ -346,7 +246,7 @@ def choose_budgets(lo_ms: float, hi_ms: float, fractions=BUDGET_FRACTIONS) -> li
 
 
 # ------------------------------------------------------------------------------- search
-def search_config(plan: dict, config: "DemoConfig", layout, lut_path: str, budgets):
+def search_config(plan: dict, config: DemoConfig, layout, lut_path: str, budgets):
     from elasticvit_tf.search.search_lib import SearchConfig
 
     return SearchConfig(
@@ -478,8 +378,8 @@ def run_search_stage(sc, space, log=print) -> dict:
 
 
 # ------------------------------------------------------------------------------- export
-def export_config(plan: dict, config: "DemoConfig", layout, arch_path: str, out_dir: str):
-    from elasticvit_tf.export.export_main import ExportConfig
+def export_config(plan: dict, config: DemoConfig, layout, arch_path: str, out_dir: str):
+    from elasticvit_tf.export.export_lib import ExportConfig
 
     return ExportConfig(
         output_dir=out_dir,
@@ -517,7 +417,7 @@ def _mode_summary(entry: dict, out_dir: str) -> dict:
 def run_export_stage(plan, config, layout, best: dict, log=print) -> dict:
     """Exports each budget's best arch (an arch chosen by several budgets is exported once)."""
     from elasticvit_tf.arch import ArchConfig
-    from elasticvit_tf.export.export_main import run_export
+    from elasticvit_tf.export.export_lib import run_export
 
     os.makedirs(layout.export_dir, exist_ok=True)
     done: dict[str, dict] = {}

@@ -5,6 +5,10 @@
 model_dir already holds one of the same run: step, optimizer, live and EMA weights, sampler
 (RNG, level, banks, schedule) and data position are restored; with ``deterministic=True`` the
 resumed run samples the same archs and reaches the same weights as an uninterrupted one.
+
+``train(config, time_box=TimeBox(seconds))`` fits the run into a wall-clock budget instead: a
+short probe measures the step rate, then the run resumes with the steps that fit. A run
+without a time box never looks at the clock to decide what to do.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from elasticvit_tf import model_dir as md
 
@@ -141,6 +145,39 @@ class TrainConfig:
         return cls(**d)
 
 
+@dataclasses.dataclass(frozen=True)
+class TimeBox:
+    """A wall-clock budget for ``train``: the step count is planned to fit ``seconds``.
+
+    A probe of ``probe_steps`` steps runs first, inside the LR warm-up (whose values do not
+    depend on the total, so the probe is the first part of the final schedule); it measures
+    the steady step rate and the fixed costs (graph tracing, checkpoint, evaluation), then the
+    run resumes from the probe's checkpoint with the steps that fit. The probe is skipped (and
+    the config's steps run as they are) when the warm-up or the run is too short for one.
+
+    Attributes:
+        seconds: the budget of the whole call (probe, training and final evaluation).
+        probe_steps: the probe's length (capped by the warm-up and a quarter of the steps).
+        rate_margin: share of the probe's steady step rate the plan uses: the level walk
+            reaches larger subnets later and checkpoints recur (measured: 2.4 % over a
+            9-minute box without this margin).
+        final_eval_seconds: time kept for the final evaluation of the min and max subnets.
+    """
+
+    seconds: float
+    probe_steps: int = 40
+    rate_margin: float = 0.94
+    final_eval_seconds: float = 30.0
+
+    def __post_init__(self):
+        if not self.seconds > 0:
+            raise ValueError(f"time box seconds={self.seconds!r}; expected > 0")
+        if isinstance(self.probe_steps, bool) or self.probe_steps < 0:
+            raise ValueError(f"probe_steps={self.probe_steps!r}; expected >= 0")
+        if not 0 < self.rate_margin <= 1:
+            raise ValueError(f"rate_margin={self.rate_margin!r}; expected in (0, 1]")
+
+
 # ------------------------------------------------------------------------------ validation
 def validate_config(config: TrainConfig) -> None:
     """Cheap checks before TensorFlow starts (``ValueError`` naming the field)."""
@@ -245,6 +282,48 @@ def _is_chief(strategy) -> tuple[bool, Optional[str], int]:
     return chief, task_type, task_id
 
 
+# ------------------------------------------------------------------------------ schedule
+def _schedule(config: TrainConfig, train_size: int) -> tuple[int, int]:
+    """``(steps_per_epoch, total_steps)`` of ``config`` on a train split of ``train_size``."""
+    spe = config.steps_per_epoch or train_size // config.batch_size
+    if spe < 1:
+        raise ValueError(
+            f"the train split has {train_size} examples: fewer than one batch of "
+            f"{config.batch_size}"
+        )
+    return spe, config.steps or config.epochs * spe
+
+
+def _data_config(config: TrainConfig, space):
+    from elasticvit_tf import data as data_lib
+
+    return data_lib.DataConfig(
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        tfds_data_dir=config.tfds_data_dir,
+        manual_dir=config.manual_dir,
+        image_size=int(config.image_size or space.max_resolution),
+        augment=config.augment,
+        split_seed=config.split_seed,
+        search_size=config.search_size,
+        val_fraction=config.val_fraction,
+        max_train_examples=config.max_train_examples,
+    )
+
+
+def total_steps(config: TrainConfig) -> int:
+    """The optimizer steps ``train(config)`` runs (``steps``, else ``epochs`` of the split)."""
+    from elasticvit_tf import data as data_lib
+    from elasticvit_tf.space import get_space
+
+    if config.steps:
+        return int(config.steps)
+    data_cfg, _ = data_lib.resolve_data_config(
+        _data_config(config, get_space(config.space)), fallback=False
+    )
+    return _schedule(config, data_lib.get_info(data_cfg).split_sizes["train"])[1]
+
+
 # ------------------------------------------------------------------------------ model_dir
 def _check_existing(model_dir: str, new_config: dict, space) -> bool:
     """True when model_dir holds a resumable run of this config; ValueError when it holds
@@ -272,19 +351,105 @@ def _check_existing(model_dir: str, new_config: dict, space) -> bool:
 
 
 # ------------------------------------------------------------------------------ train
-def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
+def train(
+    config: TrainConfig,
+    extra_callbacks: Sequence = (),
+    time_box: Optional[TimeBox] = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Trains (or resumes) a supernet; returns the final metrics.
 
     Args:
         config: the run.
         extra_callbacks: Keras callbacks appended after the built-in ones (they see
             ``self.model``, the ``SupernetTrainer``, whose ``net`` is the supernet).
+        time_box: fit the run into a wall-clock budget (``TimeBox``): ``config``'s steps
+            become an upper bound. None: run ``config`` as it is.
+        log: where the time box reports its plan.
 
     Returns:
         dict with ``step``, ``epochs``, ``min_top1``, ``max_top1`` (EMA weights, BN
         recalibrated, on ``eval_split``), ``train_seconds``, ``images_per_second``,
-        ``resumed_from_step``, ``trace_count`` and ``model_dir``.
+        ``resumed_from_step``, ``trace_count`` and ``model_dir``; with a time box also
+        ``target_steps`` (the config's), ``planned_steps``, ``time_box_s`` (None when no
+        probe ran), ``probe_steps``, ``probe_steps_per_s``, ``probe_overhead_s``,
+        ``time_boxed`` (steps were cut) and ``wall_seconds``.
     """
+    if time_box is None:
+        return _train(config, extra_callbacks)
+    return _train_time_boxed(config, time_box, extra_callbacks, log)
+
+
+def _train_time_boxed(config, box: TimeBox, extra_callbacks, log) -> dict:
+    validate_config(config)
+    target = total_steps(config)
+    probe = min(int(box.probe_steps), max(0, int(config.warmup_steps)), target // 4)
+    probe = probe if probe >= 4 else 0
+    t0 = time.monotonic()
+    steps, rate, overhead = target, None, None
+    if probe > 0:
+        log(f"[train] probe: {probe} steps (inside the LR warm-up) to measure the step rate")
+        pr = _train(_probe_config(config, probe), extra_callbacks)
+        probe_s = time.monotonic() - t0
+        done = pr["step"] - pr["resumed_from_step"]
+        rate = steady_step_rate(config.model_dir, config.batch_size)
+        if rate is None and pr["train_seconds"] > 0 and done > 0:
+            rate = done / pr["train_seconds"]
+        if rate:
+            # Fixed costs seen by the probe (tracing, checkpoint, evaluation) recur once.
+            overhead = max(0.0, probe_s - done / rate)
+            left = box.seconds - probe_s - overhead - box.final_eval_seconds
+            planning_rate = rate * box.rate_margin
+            steps = max(pr["step"], min(target, pr["step"] + int(max(0.0, left) * planning_rate)))
+        log(
+            f"[train] probe: {rate or 0:.3f} steps/s steady, {overhead or 0:.0f}s fixed costs; "
+            f"planned {steps}/{target} steps to fit {box.seconds / 60:.1f} min"
+        )
+    result = _train(dataclasses.replace(config, steps=steps), extra_callbacks)
+    result.update(
+        {
+            "target_steps": target,
+            "planned_steps": steps,
+            "time_box_s": box.seconds if probe > 0 else None,
+            "probe_steps": probe,
+            "probe_steps_per_s": rate,
+            "probe_overhead_s": overhead,
+            "time_boxed": steps < target,
+            "wall_seconds": time.monotonic() - t0,
+        }
+    )
+    return result
+
+
+def _probe_config(config: TrainConfig, probe: int) -> TrainConfig:
+    """The first ``probe`` steps of ``config``'s schedule as a run of their own.
+
+    The schedule needs warm-up < total steps: the probe warms up over ``probe - 1`` steps
+    towards a proportionally lower peak, i.e. the same LR values as the full warm-up.
+    """
+    w = probe - 1
+    return dataclasses.replace(
+        config,
+        steps=probe,
+        warmup_steps=w,
+        cooldown_steps=0,
+        lr=config.warmup_lr + (config.lr - config.warmup_lr) * w / max(1, config.warmup_steps),
+        eval_batches=1,
+        calib_batches=2,
+    )
+
+
+def steady_step_rate(model_dir: str, batch_size: int) -> Optional[float]:
+    """Steps/s of a run: the median logged throughput after the first logging window (which
+    holds the tracing); None before two windows were logged."""
+    import numpy as np
+
+    tput = md.read_training_curves(model_dir).get("throughput_images_per_s", [])
+    vals = [v for _, v in tput[1:] if v > 0]
+    return float(np.median(vals)) / batch_size if vals else None
+
+
+def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     validate_config(config)
     import tensorflow as tf
 
@@ -308,30 +473,11 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     is_chief, task_type, task_id = _is_chief(strategy)
     num_workers = max(1, _num_workers(_tf_config())) if task_type else 1
 
-    data_cfg = data_lib.DataConfig(
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        tfds_data_dir=config.tfds_data_dir,
-        manual_dir=config.manual_dir,
-        image_size=int(config.image_size or space.max_resolution),
-        augment=config.augment,
-        split_seed=config.split_seed,
-        search_size=config.search_size,
-        val_fraction=config.val_fraction,
-        max_train_examples=config.max_train_examples,
-    )
-    data_cfg, notices = data_lib.resolve_data_config(data_cfg, fallback=False)
+    data_cfg, notices = data_lib.resolve_data_config(_data_config(config, space), fallback=False)
     info = data_lib.get_info(data_cfg)
     for n in list(notices) + list(info.notices):
         print(f"data: {n}", flush=True)
-    train_size = info.split_sizes["train"]
-    spe = config.steps_per_epoch or train_size // config.batch_size
-    if spe < 1:
-        raise ValueError(
-            f"the train split has {train_size} examples: fewer than one batch of "
-            f"{config.batch_size}"
-        )
-    total_steps = config.steps or config.epochs * spe
+    spe, total_steps = _schedule(config, info.split_sizes["train"])
     peak = optim.scale_lr(config.lr, config.batch_size, config.lr_reference_batch)
     run_config = {
         **md.space_config(space),

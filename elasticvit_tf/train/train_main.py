@@ -105,6 +105,17 @@ def config_from_flags():
     return dataclasses.replace(base, **values)
 
 
+def command_line(config) -> str:
+    """The ``elasticvit-train`` command that runs ``config`` (a ``TrainConfig``; flags left at
+    their defaults omitted)."""
+    from elasticvit_tf import cli
+    from elasticvit_tf.train.train_lib import TrainConfig
+
+    return cli.command(
+        "elasticvit-train", config.to_dict(), TrainConfig().to_dict(), always=("model_dir",)
+    )
+
+
 def main(argv) -> int:
     if len(argv) > 1:
         print(f"elasticvit-train: unexpected arguments {argv[1:]}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Tests for elasticvit_tf.pipeline (demo library + elasticvit-demo binary).
+"""Tests for elasticvit-demo (pipeline/demo_main.py over demo_lib.run_demo).
 
 The slow test runs ``elasticvit-demo --quick`` end to end in a subprocess and checks the
 report's content against ``report.json``; a second run of the same command reuses every stage.
@@ -12,9 +12,6 @@ import sys
 
 import pytest
 
-from elasticvit_tf.pipeline import demo_lib as demo
-from elasticvit_tf.pipeline import stages
-
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
@@ -23,65 +20,6 @@ def _demo_cmd(*args):
 
 
 # ------------------------------------------------------------------------------- fast
-def test_demo_config_plan_overrides():
-    plan = demo.DemoConfig(quick=True, max_trials=3).plan()
-    assert plan["max_trials"] == 3
-    assert plan["train_steps"] == demo.QUICK_PLAN["train_steps"]
-    full = demo.DemoConfig(train_minutes=2.5).plan()
-    assert full["train_minutes"] == 2.5 and full["train_steps"] is None
-    # An explicit time box replaces the quick plan's fixed step count; explicit steps win.
-    assert demo.DemoConfig(quick=True, train_minutes=1.0).plan()["train_steps"] is None
-    both = demo.DemoConfig(quick=True, train_minutes=1.0, train_steps=7).plan()
-    assert both["train_steps"] == 7
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"budgets_ms": (1.0, -2.0)}, r"budgets_ms: expected positive milliseconds, received -2"),
-        ({"train_steps": 0}, r"train_steps=0: expected a positive integer"),
-        ({"max_trials": 1.5}, r"max_trials=1.5: expected a positive integer"),
-        ({"train_minutes": 0}, r"train_minutes=0: expected a positive number"),
-        ({"output_dir": ""}, r"output_dir: expected a directory path"),
-    ],
-)
-def test_demo_config_bad_values(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        demo.DemoConfig(**kwargs)
-
-
-def test_fingerprint_stable_and_sensitive():
-    a = stages.fingerprint({"x": 1, "y": [1, 2]})
-    assert a == stages.fingerprint({"y": [1, 2], "x": 1})
-    assert a != stages.fingerprint({"x": 2, "y": [1, 2]})
-
-
-def test_stage_reuse_and_rerun(tmp_path):
-    layout = stages.Layout(str(tmp_path))
-    calls = []
-
-    def fn():
-        calls.append(1)
-        os.makedirs(layout.lut_dir, exist_ok=True)
-        path = os.path.join(layout.lut_dir, "x.json")
-        open(path, "w").write("{}")
-        return {"value": len(calls), "files": [path]}
-
-    r1, _, reused1 = stages.run_stage(layout, "lut", "fp1", True, fn, log=lambda s: None)
-    r2, _, reused2 = stages.run_stage(layout, "lut", "fp1", True, fn, log=lambda s: None)
-    assert (r1["value"], reused1, r2["value"], reused2) == (1, False, 1, True)
-    # Changed inputs: rerun, old outputs removed first.
-    r3, _, reused3 = stages.run_stage(layout, "lut", "fp2", True, fn, log=lambda s: None)
-    assert (r3["value"], reused3) == (2, False)
-    # A missing output invalidates the record.
-    os.remove(r3["files"][0])
-    r4, _, reused4 = stages.run_stage(layout, "lut", "fp2", True, fn, log=lambda s: None)
-    assert (r4["value"], reused4) == (3, False)
-    # resume=False always reruns.
-    r5, _, reused5 = stages.run_stage(layout, "lut", "fp2", False, fn, log=lambda s: None)
-    assert (r5["value"], reused5) == (4, False)
-
-
 def test_binary_bad_flag_exits_2(tmp_path):
     p = subprocess.run(
         _demo_cmd(f"--output_dir={tmp_path}", "--budgets_ms=1,abc"),
@@ -209,44 +147,3 @@ def test_demo_quick_end_to_end(tmp_path):
     assert r2["chosen"] == r["chosen"] and r2["stages"] == {
         k: dict(v, reused=True) for k, v in r["stages"].items()
     }
-
-
-def test_run_train_time_box_plans_steps_from_the_probe(monkeypatch, tmp_path):
-    from elasticvit_tf.train import train_lib
-
-    calls = []
-
-    def fake_train(cfg):
-        calls.append(cfg)
-        return {
-            "step": cfg.steps,
-            "resumed_from_step": calls[-2].steps if len(calls) > 1 else 0,
-            "train_seconds": 5.0,
-            "min_top1": 0.5,
-            "max_top1": 0.6,
-        }
-
-    monkeypatch.setattr(train_lib, "train", fake_train)
-    monkeypatch.setattr(stages, "_total_steps", lambda tc: 1000)
-    # First logging window holds the tracing (ignored); steady 256 images/s = 2 steps/s.
-    curve = {"throughput_images_per_s": [(10, 1.0), (20, 256.0), (30, 256.0)]}
-    monkeypatch.setattr(stages, "read_training_curve", lambda d: curve)
-    tc = train_lib.TrainConfig.demo(str(tmp_path), batch_size=128)
-    plan = dict(demo.FULL_PLAN, train_minutes=1.0)
-    res = stages.run_train(tc, plan, log=lambda s: None)
-    assert [c.steps for c in calls][0] == 40  # the probe, inside the 100-step warm-up
-    assert calls[0].eval_batches == 1 and calls[0].warmup_steps == 39
-    # Same LR slope as the full 100-step warm-up: lr' - warmup_lr = (lr - warmup_lr) * 39/100.
-    assert calls[0].lr - tc.warmup_lr == pytest.approx((tc.lr - tc.warmup_lr) * 0.39)
-    assert calls[1].warmup_steps == 100 and calls[1].lr == tc.lr
-    # 60 s box - 30 s final evaluation (the fake probe took ~0 s) at 2 steps/s planned with
-    # the 0.94 rate margin: 40 + int(30 * 2 * 0.94) = 96.
-    assert stages.RATE_MARGIN == 0.94
-    assert res["planned_steps"] == calls[1].steps
-    assert 93 <= res["planned_steps"] <= 96  # minus the test's own (real) elapsed time
-    assert res["probe_steps_per_s"] == pytest.approx(2.0)
-    assert res["target_steps"] == 1000 and res["time_boxed"] is True
-    # Explicit steps: no probe, exactly those steps.
-    calls.clear()
-    res = stages.run_train(tc, dict(plan, train_steps=77), log=lambda s: None)
-    assert [c.steps for c in calls] == [77] and res["probe_steps"] == 0
