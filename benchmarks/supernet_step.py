@@ -39,7 +39,8 @@ def _loss(y, logits):
 
 def make_grad(model, call):
     """Forward + backward only (no optimizer): isolates the graph overhead of the supernet
-    from the optimizer update, which touches every super-weight (by design, spec §6.4)."""
+    from the optimizer update, which touches every super-weight (by design,
+    docs/method.md#training-recipe)."""
     variables = model.trainable_variables
 
     @tf.function(jit_compile=False)

@@ -5,8 +5,9 @@ ElasticViT model are: resolution; stem width, depth and depthwise kernel; per st
 depth and either expansion ratio + kernel (conv stages) or MLP ratio + V scale (transformer
 stages). Heads are ``width // head_dim`` and are not stored.
 
-This module also converts to and from the official 10-list encoding (spec §1.4) and keeps the
-project's own copy of the published model encodings.
+This module also converts to and from the official 10-list encoding
+(docs/formats.md#official-10-list) and keeps the project's own copy of the published model
+encodings.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def _check_keys(where, d, required, optional=frozenset()):
 # ------------------------------------------------------------------ official 10-list encoding
 def from_official(encoding: Sequence[Any], stage_kinds: Sequence[str]) -> ArchConfig:
     """Decodes ``[res, channels, depths, conv_ratio, kernel_size, mlp_ratio, num_heads,
-    window_size, qk_scale, v_scale]`` (spec §1.4) into an ``ArchConfig``.
+    window_size, qk_scale, v_scale]`` (docs/formats.md#official-10-list) into an ``ArchConfig``.
 
     ``stage_kinds`` is the space's per-stage kind ("C"/"T"). Encodings whose per-layer values
     differ inside a stage are refused, naming the stage (our archs are block-wise).
@@ -268,7 +269,8 @@ def to_official(arch: ArchConfig, head_dim: int = 16) -> list:
 
 # ------------------------------------------------------------------------ published models
 # The project's own copy of the official encodings (configs/final_3min_space_eval.yaml and the
-# training min archs of configs/final_3min_space.yaml), spec §9.1 / §4.2.
+# training min archs of configs/final_3min_space.yaml), docs/method.md#published-models,
+# docs/method.md#level-bins-and-min-subnets.
 OFFICIAL_ENCODINGS: dict[str, list] = {
     "elastic_T1": [
         128,
@@ -380,7 +382,8 @@ OFFICIAL_ENCODINGS: dict[str, list] = {
     ],
 }
 
-# Training "min" subnets per FLOPs-level key (yaml `min_archs`, spec §4.2).
+# Training "min" subnets per FLOPs-level key (yaml `min_archs`,
+# docs/method.md#level-bins-and-min-subnets).
 OFFICIAL_MIN_ARCH_ENCODINGS: dict[int, list] = {
     200: [
         128,

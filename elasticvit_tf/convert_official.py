@@ -2,7 +2,7 @@
 
 Every tensor of the official supernet state dict (690 for the official space, names and shapes
 in ``tests/data/official_supernet_state_dict.tsv``) is mapped onto one variable of
-``ElasticSupernet`` with the layout change of spec §11:
+``ElasticSupernet`` with the layout change of docs/method.md#super-weight-layouts:
 
 * conv ``[out, in, kh, kw]`` -> Keras ``[kh, kw, in, out]``;
 * depthwise ``[C, 1, kh, kw]`` -> ``[kh, kw, C, 1]``;
@@ -15,7 +15,7 @@ Tensors the official forward never reads are accepted and reported as unused: th
 shortcut convs (stem blocks are identity-residual), the shortcut convs of every block but the
 first of a conv stage (those blocks always have ``cin == cout`` and stride 1),
 ``num_batches_tracked`` and ``relative_position_index`` (the supernet computes the same indices
-from the formula of spec §2.3; the buffer is checked against it).
+from the formula of docs/method.md#transformer-layer; the buffer is checked against it).
 
 Missing, unexpected and shape-mismatched tensors are all reported by name and abort the
 conversion. The model_dir is written to a temporary sibling directory and renamed into place,

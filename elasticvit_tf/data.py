@@ -2,7 +2,8 @@
 
 Every split yields ``(images float32 [B, S, S, 3], labels int32 [B])`` with images normalised by
 the ImageNet mean/std (grey images tiled to 3 channels); the supernet resizes in-model to each
-subnet's resolution. Splits (DESIGN §3, spec §6.3/§7):
+subnet's resolution. Splits (docs/design.md#measured-decisions,
+docs/method.md#data-and-augmentation, docs/method.md#bn-recalibration):
 
 * ``test``: the source's test split (a TFDS/folder source with a validation split but no test
   split uses its validation split as ``test``; a source with neither holds out 20 % of train

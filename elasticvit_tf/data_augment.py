@@ -1,6 +1,6 @@
 """Image preprocessing for `elasticvit_tf.data`: resizing, crops, flips, RandAugment-lite and
-ImageNet normalisation (spec §6.3), all stateless-random so pipelines are deterministic under a
-seed.
+ImageNet normalisation (docs/method.md#data-and-augmentation), all stateless-random so pipelines are
+deterministic under a seed.
 
 Two entry points: `preprocess_batch` for a batch of same-size images (in-memory sources,
 vectorised), `preprocess_example` for one image of any size (files, TFDS).
@@ -13,12 +13,14 @@ import tensorflow as tf
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-EVAL_CROP_FRACTION = 0.875  # spec §6.3: resize shorter side to S / 0.875, centre crop S
-# RandomResizedCrop ranges (spec §6.3, timm defaults).
+# docs/method.md#data-and-augmentation: resize shorter side to S / 0.875, centre crop S
+EVAL_CROP_FRACTION = 0.875
+# RandomResizedCrop ranges (docs/method.md#data-and-augmentation, timm defaults).
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-# RandAugment as in spec §6.3 ("rand-n1-m1-mstd0.5-inc1"): one op, magnitude ~ N(1, 0.5) of 10,
-# applied with probability 0.5. Only the cheap photometric ops of the "increasing" set.
+# RandAugment as in docs/method.md#data-and-augmentation ("rand-n1-m1-mstd0.5-inc1"): one op,
+# magnitude ~ N(1, 0.5) of 10, applied with probability 0.5. Only the cheap photometric ops of the
+# "increasing" set.
 RAND_AUGMENT_OPS = (
     "auto_contrast",
     "invert",

@@ -1,4 +1,5 @@
-"""Static subnet extraction and BatchNorm recalibration (spec §7, DESIGN §5).
+"""Static subnet extraction and BatchNorm recalibration (docs/method.md#bn-recalibration,
+docs/design.md#resize-and-bn-recalibration).
 
 ``extract_subnet(net, arch)`` walks the supernet's stages and asks every active dynamic block
 for its static twin (``to_static``): a plain functional ``keras.Model`` with a fixed
@@ -108,7 +109,8 @@ def _batches(dataset, num_batches):
 
 
 def recalibrate_bn(target, dataset, num_batches: int, slot: int = 0) -> None:
-    """Resets and re-estimates every BatchNorm of ``target`` in place (spec §7).
+    """Resets and re-estimates every BatchNorm of ``target`` in place
+    (docs/method.md#bn-recalibration).
 
     Args:
         target: an ``ElasticSupernet`` (its ``slot``'s active arch: only the active slices of

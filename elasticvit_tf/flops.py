@@ -1,10 +1,10 @@
-"""Analytic FLOPs (MACs) and parameter counts: the official formula, exactly (spec §3).
+"""Analytic FLOPs (MACs) and parameter counts: the official formula, exactly (docs/method.md#flops).
 
 Pure Python, no model is built. FLOPs are multiply-accumulates in millions (the official
-"FLOPs"). Quirks reproduced on purpose (spec §10.6): the V depthwise conv counts 1 MAC per
-output, the stride-2 shortcut 1x1 is counted even when it is not executed, the transition
-MBConv of transformer stages omits SE and shortcut, stride-2 blocks use s_in = 2 * s even for
-odd sides, BN/LN/activations/resize are ignored.
+"FLOPs"). Quirks reproduced on purpose (docs/method.md#reproduced-flops-quirks): the V depthwise
+conv counts 1 MAC per output, the stride-2 shortcut 1x1 is counted even when it is not executed, the
+transition MBConv of transformer stages omits SE and shortcut, stride-2 blocks use s_in = 2 * s even
+for odd sides, BN/LN/activations/resize are ignored.
 
 Params are those of the standalone subnet (the extracted Keras model's trainable weights):
 sliced weights actually used, depthwise kernels at their used size, BN/LN affine (gamma, beta),

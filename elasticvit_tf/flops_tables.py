@@ -1,10 +1,10 @@
 """FLOPs-level tables: many archs per FLOPs bin, built locally in seconds and cached on disk.
 
 The official code samples the training subnets of a FLOPs level F from an offline table of
-150k archs with F <= FLOPs <= F + 30 (spec §3.1), because plain rejection sampling from the
-(min-arch restricted) space accepts as little as 0.02 % of the draws. Here the tables are built
-with the same proposal, ``space.sample(rng, min_arch=space.select_min_arch(F))``, drawn for a
-whole batch at once by ``BinSampler``: the resolution, the stem and each stage's
+150k archs with F <= FLOPs <= F + 30 (docs/method.md#flops-level-tables), because plain rejection
+sampling from the (min-arch restricted) space accepts as little as 0.02 % of the draws. Here the
+tables are built with the same proposal, ``space.sample(rng, min_arch=space.select_min_arch(F))``,
+drawn for a whole batch at once by ``BinSampler``: the resolution, the stem and each stage's
 (depth, a, b) are independent uniform picks and each width a uniform pick above the previous
 width, so a draw is a row of choice indices, and its FLOPs are a sum of per-part look-up
 tables indexed by (resolution, input width, width, combo) that were filled once with the
@@ -20,10 +20,11 @@ use the same ``BinSampler`` for rejection sampling in the bin when a level has n
 Differences from the official tables, on purpose:
 
   * the stored bin is the training bin itself, [F, F + 2 * bound] (the official tables store
-    [F, F + 30] and training rejects down to [F, F + 20], spec §10.15); a draw from the table
-    never needs rejecting;
+    [F, F + 30] and training rejects down to [F, F + 20], docs/method.md#bugs-fixed); a draw from
+    the table never needs rejecting;
   * the restriction uses ``space.sample``, which applies the min-arch MLP bound and does not
-    filter kernels by the expansion ratio (the official sampler bugs of spec §10.16, fixed);
+    filter kernels by the expansion ratio (the official sampler bugs of docs/method.md#bugs-fixed,
+    fixed);
   * when a bin holds fewer distinct archs than asked (small spaces), the table keeps every arch
     found within ``max_draws`` draws and records ``complete=False``.
 
@@ -188,7 +189,7 @@ def _sides_table(space: SearchSpace, resolutions: Sequence[int]) -> np.ndarray:
 def flops_macs_encoded(
     space: SearchSpace, enc: np.ndarray, num_classes: Optional[int] = None
 ) -> np.ndarray:
-    """Exact integer MACs (official formula, spec §3) of every encoded row: (n,) int64.
+    """Exact integer MACs (official formula, docs/method.md#flops) of every encoded row: (n,) int64.
 
     Equals ``flops.count_flops(space, decode(space, row)) * 1e6`` row by row.
     """

@@ -4,9 +4,9 @@ Shared by the LUT builder (``export/lut_builder.py``: which blocks to measure, t
 for the per-block-type regressors) and the predictor (``search/latency.py``: which LUT entries
 an arch needs). Pure Python; nothing here builds a model.
 
-The decomposition follows the network (spec §2): first conv, ``stem.depth`` stem blocks, one
-MBConv per conv-stage layer, per transformer stage a transition MBConv (layer 0) followed by
-``depth`` transformer layers (attention + FFN), then the head. Each op is keyed by an
+The decomposition follows the network (docs/method.md#blocks): first conv, ``stem.depth`` stem
+blocks, one MBConv per conv-stage layer, per transformer stage a transition MBConv (layer 0)
+followed by ``depth`` transformer layers (attention + FFN), then the head. Each op is keyed by an
 ``OpSignature``: a frozen dataclass with named fields, hashable, JSON round-trippable (never a
 joined string, STYLE §4.4).
 """
@@ -27,7 +27,7 @@ class OpKind(str, enum.Enum):
 
     FIRST_CONV = "first_conv"  # 3x3 stride-2 conv 3 -> C0, BN, Hardswish
     STEM_BLOCK = "stem_block"  # DW k, BN, Hswish, PW C0 -> C0, BN, identity residual
-    MBCONV = "mbconv"  # conv-stage MBConv (optional SE), shortcut rule of spec §2.2
+    MBCONV = "mbconv"  # conv-stage MBConv (optional SE), shortcut rule of docs/method.md#mbconv
     TRANSITION = "transition"  # tokens -> map, MBConv (e=6, k=3, SE), map -> tokens
     TRANSFORMER = "transformer"  # attention + FFN pair on tokens (pre-norm)
     HEAD = "head"  # token-wise linear, BN, Hswish, mean, linear, Hswish, classifier

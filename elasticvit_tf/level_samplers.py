@@ -1,4 +1,5 @@
-"""FLOPs-level samplers (spec §4-5): complexity-aware, performance-aware and both (ElasticViT).
+"""FLOPs-level samplers (docs/method.md#samplers): complexity-aware, performance-aware and both
+(ElasticViT).
 
 Built with ``samplers.make_sampler("complexity_aware" | "performance_aware" | "elasticvit",
 space, seed, **cfg)``; see ``samplers`` for the common API (``StepSample``, ``Sampler``).
@@ -7,13 +8,14 @@ the step's level F (from a FLOPs-level table, ``flops_tables``, or by rejection 
 the level's min subnet in the last slot. The samplers follow the intent described in the spec
 and fix the official code's bugs, each fix noted where it is made:
 
-  * §10.16 (conv kernels filtered by the min expansion ratio; MLP bound of the min arch not
-    applied): fixed in ``SearchSpace.sample`` / ``flops_tables.sample_encoded``, which every
-    in-bin draw uses.
-  * §10.9 (the preference anchor looks up a non-existent 150/50 MFLOPs bank and silently falls
-    back to bank 0): the lowest level's bank is used on purpose (``preference_anchor``).
-  * §10.15 (tables store [F, F + 30] but training keeps [F, F + 20]): tables hold the training
-    bin itself.
+  * docs/method.md#bugs-fixed (conv kernels filtered by the min expansion ratio; MLP bound of the
+    min arch not applied): fixed in ``SearchSpace.sample`` / ``flops_tables.sample_encoded``, which
+    every in-bin draw uses.
+  * docs/method.md#bugs-fixed (the preference anchor looks up a non-existent 150/50 MFLOPs bank and
+    silently falls back to bank 0): the lowest level's bank is used on purpose
+    (``preference_anchor``).
+  * docs/method.md#bugs-fixed (tables store [F, F + 30] but training keeps [F, F + 20]): tables hold
+    the training bin itself.
 Other choices: a bank holds each arch once (a re-scored arch gets its new score instead of a
 duplicate entry); the out-of-bin cleanup the official loop does at batch 0 is done in
 ``end_epoch``; re-scoring is offered (``archs_to_rescore``) but left to the training loop.
@@ -35,7 +37,8 @@ from elasticvit_tf.space import SearchSpace
 
 # ------------------------------------------------------------------- complexity-aware
 class ComplexityAwareSampler(Sampler):
-    """FLOPs levels with an adjacent-step lazy random walk (spec §4).
+    """FLOPs levels with an adjacent-step lazy random walk
+    (docs/method.md#complexity-aware-sampling).
 
     Each step moves the level index by at most one (``lazy_step``: -1/0/+1 uniformly inside,
     0 with probability 2/3 at either end), samples ``num_subnets - 1`` archs with FLOPs in the
@@ -153,7 +156,8 @@ class ComplexityAwareSampler(Sampler):
         raise ValueError(f"level {level!r} is not one of this sampler's levels {self.levels}")
 
     def lazy_step(self, i: int) -> int:
-        """One step of the lazy random walk on level indices (spec §4.3)."""
+        """One step of the lazy random walk on level indices
+        (docs/method.md#complexity-aware-sampling)."""
         n = len(self.levels)
         if n == 1:
             return 0
@@ -290,7 +294,8 @@ _BANK_DEFAULTS = {"elasticvit": (150, 50), "demo": (40, 20), "tiny": (12, 8)}
 
 
 class PerformanceAwareSampler(ComplexityAwareSampler):
-    """Per-level memory banks of (arch, score), bank sampling and candidate preference (§5).
+    """Per-level memory banks of (arch, score), bank sampling and candidate preference
+    (docs/method.md#performance-aware-sampling).
 
     The level is drawn uniformly every step (``elasticvit`` walks instead). For each of the
     ``num_subnets - 1`` slots: with probability ``p_bank`` (once the level's bank holds more
@@ -402,7 +407,8 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         self._by_key = {e[0].key(): e for bank in self.banks for e in bank}
 
     def update_scores(self, archs_with_scores: Sequence[tuple[ArchConfig, float]]) -> None:
-        """Bank update (spec §5) with score = -CE of the subnet on the batch.
+        """Bank update (docs/method.md#performance-aware-sampling) with score = -CE of the subnet on
+        the batch.
 
         An arch already in a bank gets its score replaced (re-scoring). Any other arch enters
         the bank of the last step's level if it lies in that level's bin and is not the step's
@@ -436,7 +442,8 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
     def archs_to_rescore(
         self, batch_index: int, steps_per_epoch: Optional[int] = None
     ) -> list[ArchConfig]:
-        """Bank archs whose scores should be refreshed on this batch (spec §5).
+        """Bank archs whose scores should be refreshed on this batch
+        (docs/method.md#performance-aware-sampling).
 
         Call after ``sample_step`` of the batch; feed the scores back with ``update_scores``.
         ``"official"``: every bank at batch 0, the step level's bank at batches
@@ -457,7 +464,8 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
     def preference_anchor(self, level_index: int) -> ArchConfig:
         """Best-scoring arch of the lowest level's bank, or the global min arch.
 
-        NOTE (spec §10.9, fixed): the official lookup asks for a 150/50 MFLOPs bank that does
+        NOTE (docs/method.md#bugs-fixed, fixed): the official lookup asks for a 150/50 MFLOPs bank
+            that does
         not exist and silently falls back to bank index 0; we use the lowest level's bank on
         purpose, and the space's min arch while that bank is empty or at the lowest level.
         """
@@ -532,7 +540,8 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
 
 
 class ElasticViTSampler(PerformanceAwareSampler):
-    """The official recipe: complexity-aware level walk + performance-aware sampling (§4-5)."""
+    """The official recipe: complexity-aware level walk + performance-aware sampling
+    (docs/method.md#samplers)."""
 
     name = "elasticvit"
     _walk = True

@@ -1,4 +1,5 @@
-"""The model_dir contract (DESIGN §5): config.json, checkpoints/, tensorboard/, eval.json.
+"""The model_dir contract (docs/formats.md#model_dir): config.json, checkpoints/, tensorboard/,
+eval.json.
 
 Written by ``elasticvit-train`` and ``elasticvit-convert``; read by search, export and the demo.
 
@@ -14,7 +15,7 @@ Written by ``elasticvit-train`` and ``elasticvit-convert``; read by search, expo
   ``ema``        ``EmaWeights``: the EMA shadow copy of every float weight of the supernet
                  (trainable and BN statistics, arch variables excluded), kept *separately* from
                  the live weights; on resume both are restored as saved (the official loader's
-                 EMA-over-live resume is a bug, spec §10.13, not copied)
+                 EMA-over-live resume is a bug, docs/method.md#bugs-fixed, not copied)
   ``optimizer``  the Keras optimizer (training checkpoints only)
   ``step``       int64 global step
   ``sampler``    string variable holding the sampler state as JSON
@@ -279,7 +280,8 @@ def make_checkpoint(
     sampler_state: Optional[tf.Variable] = None,
     data_state: Optional[tf.Variable] = None,
 ) -> tf.train.Checkpoint:
-    """The one checkpoint layout of DESIGN §5 (entries left None are simply absent)."""
+    """The one checkpoint layout of docs/formats.md#model_dir (entries left None are simply
+    absent)."""
     objects = {
         "model": net,
         "ema": ema,

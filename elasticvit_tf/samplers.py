@@ -8,10 +8,12 @@ the train step distils it against the mean prediction of the other slots.
 Samplers (``make_sampler(name, space, seed, **cfg)``):
   * ``uniform``: ``num_subnets`` uniform block-wise subnets, roles all ``"uniform"``.
   * ``sandwich``: max + random + ... + min (BigNAS / AlphaNet baseline).
-  * ``complexity_aware``: FLOPs levels with an adjacent-step lazy random walk (spec §4.3);
-    ``num_subnets - 1`` subnets sampled in the level's bin + the level's min subnet.
+  * ``complexity_aware``: FLOPs levels with an adjacent-step lazy random walk
+    (docs/method.md#complexity-aware-sampling); ``num_subnets - 1`` subnets sampled in the level's
+    bin + the level's min subnet.
   * ``performance_aware``: level drawn uniformly every step; per-level memory banks of
-    (arch, score), a bank-sampling probability schedule and the candidate preference (spec §5).
+    (arch, score), a bank-sampling probability schedule and the candidate preference
+    (docs/method.md#performance-aware-sampling).
   * ``elasticvit``: the official recipe, both together (conflict-aware sampling).
 
 The samplers never touch the model: the training loop evaluates the subnets and feeds scores

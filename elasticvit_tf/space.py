@@ -1,7 +1,8 @@
 """Search spaces as data: one frozen dataclass with per-stage rows, plus presets.
 
 Presets:
-  * ``elasticvit``: the official ElasticViT space exactly (spec §1, §4.1-4.2).
+  * ``elasticvit``: the official ElasticViT space exactly (docs/method.md#search-space,
+    docs/method.md#flops-levels).
   * ``demo``: the same six-stage structure and every elastic dimension, sized for Fashion-MNIST
     (28x28 grey images tiled to 3 channels) on 2 CPU cores.
   * ``tiny``: the same structure at toy size, for unit tests.
@@ -210,12 +211,14 @@ class SearchSpace:
         return ArchConfig(pick(self.resolutions), stem, tuple(stages))
 
     def sample(self, rng: np.random.Generator, min_arch: Optional[ArchConfig] = None) -> ArchConfig:
-        """Uniform block-wise sample with non-decreasing widths (spec §4).
+        """Uniform block-wise sample with non-decreasing widths
+        (docs/method.md#complexity-aware-sampling).
 
-        With ``min_arch`` the space is restricted to archs that dominate it (spec §3.1 step 2):
+        With ``min_arch`` the space is restricted to archs that dominate it
+        (docs/method.md#flops-level-tables step 2):
         resolution, stem width/depth, per-stage width/depth, expansion, MLP ratio and V scale at
         least the min arch's. Unlike the official sampler the MLP bound is applied and kernels are
-        not filtered by the expansion ratio (spec §10.16, fixed).
+        not filtered by the expansion ratio (docs/method.md#bugs-fixed, fixed).
         """
 
         def pick(choices):
@@ -262,7 +265,8 @@ class SearchSpace:
         return (level, level + 2 * self.level_bound)
 
     def select_min_arch(self, level: float) -> ArchConfig:
-        """Per-level min subnet (spec §4.2): first key u with prev + 2b < F <= u + 2b."""
+        """Per-level min subnet (docs/method.md#level-bins-and-min-subnets): first key u with
+        prev + 2b < F <= u + 2b."""
         if not self.min_archs:
             return self.min_arch()
         b2 = 2 * self.level_bound
@@ -471,7 +475,7 @@ def _tiny() -> SearchSpace:
 # percentiles) and written out as literals: levels span the p5..p95 range; min archs are the
 # global min arch, the min arch at the middle resolution and a "one grid step up" arch at the
 # largest resolution, keyed so that select_min_arch() maps low/middle/high levels to them.
-# Encodings use the official 10-list import format (spec §1.4).
+# Encodings use the official 10-list import format (docs/formats.md#official-10-list).
 # fmt: off
 DEMO_LEVEL_BOUND = 0.2  # bins [F, F + 0.4] MFLOPs (range 1.15 .. 11.46, median 4.4)
 DEMO_FLOPS_LEVELS: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 7.5)

@@ -1,4 +1,5 @@
-"""ElasticSupernet: every subnet of a SearchSpace in one traced graph (spec §2, DESIGN §3).
+"""ElasticSupernet: every subnet of a SearchSpace in one traced graph (docs/method.md#blocks,
+docs/design.md#one-traced-graph).
 
 The active subnet of each *slot* is a row of one int32 non-trainable variable ``arch``
 (shape ``[num_slots, 4 + 4 * num_stages]``): ``[resolution, stem width, stem depth, stem
@@ -18,9 +19,10 @@ Variable paths (Keras ``variable.path``), Cmax = stage max width::
 
 (Only block 0 of each stage has ``shortcut``.) Layouts are documented on each block class.
 
-Official PyTorch tensor -> variable (spec §11 transposes: conv ``(2, 3, 1, 0)``, depthwise
-``(2, 3, 0, 1)``, linear ``.T``; BN ``weight/bias/running_mean/running_var`` ->
-``gamma/beta/moving_mean/moving_variance``; ``num_batches_tracked`` unused)::
+Official PyTorch tensor -> variable (docs/method.md#super-weight-layouts transposes: conv
+``(2, 3, 1, 0)``, depthwise ``(2, 3, 0, 1)``, linear ``.T``; BN
+``weight/bias/running_mean/running_var`` -> ``gamma/beta/moving_mean/moving_variance``;
+``num_batches_tracked`` unused)::
 
   first_conv.weight, first_conv_bn.*            -> first_conv/conv/kernel, first_conv/bn/*
   conv_stem.layers.{j}.0.{dw_conv,dw_bn,pwl_conv,pwl_bn}
@@ -306,8 +308,9 @@ class ElasticSupernet(keras.Model):
 
     # ---------------------------------------------------------------------- weight decay
     def weight_decay_variables(self):
-        """Trainable variables that get weight decay (spec §6.4): transformer qkv/proj/fc1/fc2
-        kernels, relative-position tables, V depthwise kernels, head and classifier kernels."""
+        """Trainable variables that get weight decay (docs/method.md#training-recipe): transformer
+        qkv/proj/fc1/fc2 kernels, relative-position tables, V depthwise kernels, head and classifier
+        kernels."""
         out = []
         for blocks, st in zip(self.stages, self.space.stages):
             if not st.is_transformer:

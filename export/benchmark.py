@@ -1,6 +1,6 @@
 """Benchmarks of TFLite models: the ONLY place that runs and parses benchmarks.
 
-Two targets (DESIGN §5, one flag everywhere: `--target=local|adb:SERIAL`):
+Two targets (docs/design.md#latency-targets, one flag everywhere: `--target=local|adb:SERIAL`):
 
 * `local`: LiteRT's Python interpreter (`ai_edge_litert.interpreter.Interpreter`, XNNPACK) in this
   process: init time, first inference, warm-up, per-run wall times (median, p5/p95, mean, std,

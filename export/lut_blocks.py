@@ -1,7 +1,7 @@
 """Plain Keras builders for the latency blocks of ``elasticvit_tf.latency_ops``.
 
-Each ``OpSignature`` becomes the same op structure the static subnet has (spec §2: symmetric
-padding on strided convs, the avg-pool shortcut, SE, the token-joint LayerNorm, head-major
+Each ``OpSignature`` becomes the same op structure the static subnet has (docs/method.md#blocks:
+symmetric padding on strided convs, the avg-pool shortcut, SE, the token-joint LayerNorm, head-major
 q|k|v, the V depthwise conv, Hardswish before the projection, the MobileNetV3 head), with
 random weights: latency does not depend on weight values. ``build_op_model`` gives a one-block
 model (batch 1, fixed shape) for the LUT; ``build_arch_model`` chains the blocks of a whole
@@ -22,7 +22,8 @@ _TOKEN_KINDS = (OpKind.TRANSITION, OpKind.TRANSFORMER, OpKind.HEAD)
 
 
 class TokenLayerNorm(layers.Layer):
-    """LayerNorm with statistics over tokens x channels jointly, per-channel affine (spec §2.3).
+    """LayerNorm with statistics over tokens x channels jointly, per-channel affine
+    (docs/method.md#transformer-layer).
 
     Args:
         epsilon: variance epsilon.
@@ -131,7 +132,8 @@ def _mbconv(x, sig: OpSignature):
     h = _bn(_conv(h, c))
     r = x
     if stride == 2:
-        if sig.input_side % 2:  # NOTE: PyTorch pad-1 count_include_pad pooling (spec §2.7)
+        # NOTE: PyTorch pad-1 count_include_pad pooling (docs/method.md#padding-and-odd-sides)
+        if sig.input_side % 2:
             r = layers.ZeroPadding2D(((1, 0), (1, 0)))(r)
         r = layers.AveragePooling2D(2, 2, padding="valid")(r)
     if cin != c:

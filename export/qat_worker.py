@@ -1,8 +1,9 @@
 """Quantization-aware training worker: a separate, legacy-Keras process.
 
 tensorflow-model-optimization only accepts tf_keras models and importing it flips the process to
-legacy Keras (DESIGN §3), so QAT never runs in the main process. `export/quantize.py::run_qat`
-writes a work directory and starts `python -m elasticvit_tf.export.qat_worker --workdir DIR`:
+legacy Keras (docs/design.md#measured-decisions), so QAT never runs in the main process.
+`export/quantize.py::run_qat` writes a work directory and starts
+`python -m elasticvit_tf.export.qat_worker --workdir DIR`:
 
     DIR/model.json      the Keras 3 functional model config (`model.get_config()`)
     DIR/weights.npz     `"<layer name>/<i>"` -> i-th weight of that layer (`layer.get_weights()`)

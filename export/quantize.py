@@ -3,7 +3,8 @@
 PTQ itself happens in the converter (`export/tflite.py::configure_converter`); this module
 gathers the representative images from the training split and, for `qat`, prepares a work
 directory for `export/qat_worker.py` and runs it with `TF_USE_LEGACY_KERAS=1` in a separate
-Python process, so that tf_keras / tensorflow-model-optimization never load here (DESIGN §3).
+Python process, so that tf_keras / tensorflow-model-optimization never load here
+(docs/design.md#measured-decisions).
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
 process (Keras 3 models, `convert`) and the QAT worker (tf_keras models) call it, so every mode is
 converted the same way everywhere.
 
-Measured facts this module relies on (DESIGN §3): convert with `TFLiteConverter.from_keras_model`
-(never `from_concrete_functions`, which produced NaNs); builtin ops only; int16x8 fails on
-HARD_SWISH, so it is not offered.
+Measured facts this module relies on (docs/design.md#measured-decisions): convert with
+`TFLiteConverter.from_keras_model` (never `from_concrete_functions`, which produced NaNs); builtin
+ops only; int16x8 fails on HARD_SWISH, so it is not offered.
 
 This module imports only TensorFlow (not Keras), so it is safe to import from the legacy-Keras QAT
 worker process.

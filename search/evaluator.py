@@ -1,8 +1,8 @@
 """Subnet fitness for the search: set the arch, recalibrate BN, top-1 on the ``search`` split.
 
-``SubnetEvaluator`` follows spec §7 (search variant): the supernet's active arch is set, every
-BatchNorm is recalibrated on ``calibration_batches`` training batches (training augmentation),
-then top-1 is measured on the held-out ``search`` split with BN in inference mode. No
+``SubnetEvaluator`` follows docs/method.md#bn-recalibration (search variant): the supernet's active
+arch is set, every BatchNorm is recalibrated on ``calibration_batches`` training batches (training
+augmentation), then top-1 is measured on the held-out ``search`` split with BN in inference mode. No
 fine-tuning.
 
 ``EvalCache`` stores results per arch key as JSON in the tuner's project directory, so a
@@ -28,7 +28,7 @@ CACHE_PREFIX = "eval_cache_"
 
 
 class SubnetEvaluator:
-    """Top-1 of subnets of a trained supernet (spec §7, search variant).
+    """Top-1 of subnets of a trained supernet (docs/method.md#bn-recalibration, search variant).
 
     Args:
         net: an ``ElasticSupernet`` (``set_arch(arch, slot=0)``, ``net(x, training=False)``).
@@ -73,8 +73,9 @@ class SubnetEvaluator:
         return self._forward(images)
 
     def _recalibrate(self) -> None:
-        """``extract.recalibrate_bn`` (cumulative BN statistics over the batches, spec §7); it
-        keeps one traced step per supernet and slot, so trials do not re-trace."""
+        """``extract.recalibrate_bn`` (cumulative BN statistics over the batches,
+        docs/method.md#bn-recalibration); it keeps one traced step per supernet and slot, so trials
+        do not re-trace."""
         from elasticvit_tf.extract import recalibrate_bn
 
         recalibrate_bn(self.net, self.calibration_data, self.calibration_batches, slot=self.slot)

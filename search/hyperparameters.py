@@ -1,7 +1,7 @@
 """A search space as ``keras_tuner.HyperParameters`` and back.
 
-Archs are per stage (DESIGN §5), so the mapping is flat: one ordered ``Choice`` per elastic
-dimension, no conditional scopes. Names:
+Archs are per stage (docs/design.md#arch-granularity), so the mapping is flat: one ordered
+``Choice`` per elastic dimension, no conditional scopes. Names:
 
 * ``resolution``
 * ``stem/width``, ``stem/depth``, ``stem/kernel``

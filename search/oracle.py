@@ -1,4 +1,4 @@
-"""Constrained Keras Tuner oracles: evolution (spec §8) and a random-search baseline.
+"""Constrained Keras Tuner oracles: evolution (docs/method.md#search) and a random-search baseline.
 
 Both oracles register the whole space up front (``tune_new_entries=False``,
 ``allow_new_entries=False``), only ever emit archs that satisfy the constraints (a latency budget
@@ -6,8 +6,8 @@ in ms under a predictor and/or a FLOPs window), dedupe through Keras Tuner's val
 give up with ``TrialStatus.STOPPED`` after bounded retries (no ``while True``: an infeasible
 budget ends the search instead of hanging it).
 
-The evolution follows spec §8 generation by generation: generation 0 is the initial population
-(memory-bank archs first, then random in-constraint archs); every later generation emits
+The evolution follows docs/method.md#search generation by generation: generation 0 is the initial
+population (memory-bank archs first, then random in-constraint archs); every later generation emits
 ``population - parents`` children, half mutations and half crossovers of parents drawn from the
 current top-``parents`` completed trials. While a generation's trials are still running on other
 workers the oracle answers ``IDLE``. The generation bookkeeping, the RNG state and the constraints
@@ -362,7 +362,7 @@ class ConstrainedRandomOracle(ConstrainedOracleBase):
 
 
 class ConstrainedEvolutionOracle(ConstrainedOracleBase):
-    """Evolutionary search of spec §8 under a latency budget and/or a FLOPs window.
+    """Evolutionary search of docs/method.md#search under a latency budget and/or a FLOPs window.
 
     Args:
         space, predictor, latency_budget_ms, mflops_range, max_trials, seed, max_attempts,
@@ -532,39 +532,42 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
 
     # ------------------------------------------------------------------------- operators
     def _draw(self, choices: Sequence[int]) -> int:
-        """Spec §8: uniform with probability ``uniform_prob``, else the smallest choice."""
+        """docs/method.md#search: uniform with probability ``uniform_prob``, else the smallest
+        choice."""
         choices = sorted(choices)
         if self._rng.random() < self.uniform_prob:
             return int(choices[int(self._rng.integers(len(choices)))])
         return int(choices[0])
 
     def mutate(self, parents: Sequence[ArchConfig]) -> ArchConfig:
-        """Stage-wise mutation of a random parent (spec §8, official bugs fixed)."""
+        """Stage-wise mutation of a random parent (docs/method.md#search, official bugs fixed)."""
         rng, p = self._rng, self.mutation_prob
         parent = parents[int(rng.integers(len(parents)))]
         resolution = parent.resolution
         if rng.random() < p:
-            # FIX (spec §10.17): the official code draws a new resolution but never writes it
-            # into the child; here it is applied. Drawn uniformly, not min-biased (spec §8).
+            # FIX (docs/method.md#bugs-fixed): the official code draws a new resolution but never
+            # writes it into the child; here it is applied. Drawn uniformly, not min-biased
+            # (docs/method.md#search).
             resolution = int(rng.choice(self.space.resolutions))
         depths = [s.depth for s in parent.stages]
         if rng.random() < self.depth_mutation_prob:
-            # FIX (spec §10.17): the official range(min, max) never reaches the max depth;
-            # here the draw is over the space's full depth grid, max included.
+            # FIX (docs/method.md#bugs-fixed): the official range(min, max) never reaches the max
+            # depth; here the draw is over the space's full depth grid, max included.
             # The depth redraw is uniform over the grid (the official range() choice); the
-            # min-biased draw of spec §8 applies to the per-dimension value mutations below.
+            # min-biased draw of docs/method.md#search applies to the per-dimension value mutations
+            # below.
             depths = [int(rng.choice(st.depths)) for st in self.space.stages]
-        # The stem is kept (spec §8). FIX: the official code resets the stem kernel to 3; here
-        # the parent's stem kernel is kept (it changes through crossover).
+        # The stem is kept (docs/method.md#search). FIX: the official code resets the stem kernel to
+        # 3; here the parent's stem kernel is kept (it changes through crossover).
         stem = parent.stem
         prev = stem.width
         stages = []
         for i, (ps, st) in enumerate(zip(parent.stages, self.space.stages)):
             width = ps.width
             if rng.random() < p:
-                # FIX (spec §10.17): widths come from the space's own grid (the official steps
-                # of 16 / 8 look swapped against the supernet grid), redrawn among the widths
-                # >= the previous stage's width.
+                # FIX (docs/method.md#bugs-fixed): widths come from the space's own grid (the
+                # official steps of 16 / 8 look swapped against the supernet grid), redrawn among
+                # the widths >= the previous stage's width.
                 width = self._draw([w for w in st.widths if w >= prev])
             if width < prev:  # an earlier stage grew past this one: smallest valid width
                 width = min(w for w in st.widths if w >= prev)
@@ -580,9 +583,9 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
         return ArchConfig(resolution, stem, tuple(stages))
 
     def crossover(self, parents: Sequence[ArchConfig]) -> Optional[ArchConfig]:
-        """Spec §8: resolution, the width vector, the depth vector and each per-layer list
-        (kernels incl. the stem's, expansion ratios, MLP ratios, V scales) each come from one of
-        two random parents. Block-wise archs make the official stage-wise rebuild a no-op."""
+        """docs/method.md#search: resolution, the width vector, the depth vector and each per-layer
+        list (kernels incl. the stem's, expansion ratios, MLP ratios, V scales) each come from one
+        of two random parents. Block-wise archs make the official stage-wise rebuild a no-op."""
         if len(parents) < 2:
             return None
         rng = self._rng

@@ -41,7 +41,7 @@ class SearchConfig:
         mflops_range: optional ``(lo, hi)`` FLOPs window (official MFLOPs).
         max_trials: trials in total (resuming counts the ones already done).
         population, parents: evolution sizes (spec: 512 and 256); parents None = population/2.
-        mutation_prob, depth_mutation_prob: spec §8 (0.2, 0.4).
+        mutation_prob, depth_mutation_prob: docs/method.md#search (0.2, 0.4).
         seed: oracle seed (spec: 2012).
         directory, project_name: Keras Tuner project (re-running the same one resumes).
         output_dir: reports go here (default: the project directory).

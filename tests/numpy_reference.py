@@ -1,10 +1,11 @@
 """Independent NumPy reference of the official ElasticViT supernet forward pass (test support).
 
-Written from the specification (``shared/reference/elasticvit_spec.md`` §2 and §10) and not
-from the Keras layers of this package, so that comparing the two can catch a shared
-misunderstanding. It runs directly on an *official-format* state dict: a mapping from the
-official PyTorch parameter names to arrays in PyTorch layouts (conv ``[out, in, kh, kw]``,
-depthwise ``[C, 1, kh, kw]``, linear ``[out, in]``), sliced for a given ``ArchConfig``.
+Written from the specification (docs/method.md#blocks,
+docs/method.md#departures-from-the-official-code) and not from the Keras layers of this package, so
+that comparing the two can catch a shared misunderstanding. It runs directly on
+an *official-format* state dict: a mapping from the official PyTorch parameter names to arrays in
+PyTorch layouts (conv ``[out, in, kh, kw]``, depthwise ``[C, 1, kh, kw]``, linear ``[out, in]``),
+sliced for a given ``ArchConfig``.
 
 Images are NHWC (the Keras convention); everything is computed in float64.
 
@@ -111,7 +112,7 @@ def centre_crop_kernel(w, k):
 
 
 def avg_pool_shortcut(x):
-    """Stride-2 shortcut pooling of spec §2.7 (2x2/2 average, NHWC).
+    """Stride-2 shortcut pooling of docs/method.md#padding-and-odd-sides (2x2/2 average, NHWC).
 
     Even side: plain 2x2/2 average. Odd side: PyTorch pads 1 on every side with
     count_include_pad=True; the trailing pad is never covered, so this equals a zero pad of one
@@ -183,7 +184,8 @@ def relative_position_index(big_r, side):
 
 
 def qkv_super_rows(c, c_max, v_scale):
-    """Super-row of W_qkv for every position of the concatenated [Q | K | V] output (spec §2.3).
+    """Super-row of W_qkv for every position of the concatenated [Q | K | V] output
+    (docs/method.md#transformer-layer).
 
     Position j < C -> row j; C <= j < 2C -> Cmax + (j - C); j >= 2C -> 2 Cmax + (j - 2C).
     """
@@ -192,7 +194,7 @@ def qkv_super_rows(c, c_max, v_scale):
 
 
 def attention(tokens, side, sd, prefix, c, c_max, v_scale, big_r, head_dim):
-    """Official attention layer (pre-norm, residual included), spec §2.3."""
+    """Official attention layer (pre-norm, residual included), docs/method.md#transformer-layer."""
     b, n, _ = tokens.shape
     heads = c // head_dim
     dv = head_dim * v_scale
@@ -229,7 +231,8 @@ def ffn(tokens, sd, prefix, c, mlp_ratio):
 
 # ------------------------------------------------------------------------------ blocks
 def mbconv(x, sd, prefix, cin, c, expand, kernel, stride, se):
-    """Elastic MBConv (spec §2.2): expansion relative to the block input width ``cin``."""
+    """Elastic MBConv (docs/method.md#mbconv): expansion relative to the block input width
+    ``cin``."""
     inner = cin * expand
     h = conv1x1(x, sd[prefix + "pw_conv.weight"][:inner, :cin])
     h = hardswish(batch_norm(h, sd, prefix + "pw_bn", inner))

@@ -17,7 +17,7 @@ def test_published_models_by_name_match_reference_encodings():
         a = get_published_arch(name)
         assert s.to_official(a) == arch_lib.OFFICIAL_ENCODINGS[name]
     m = get_published_arch("elastic_M")
-    # spec §1.4 decoded example.
+    # docs/formats.md#official-10-list decoded example.
     assert m.resolution == 224 and m.stem.kernel == 5 and m.stages[1].depth == 5
     assert [st.width for st in m.stages] == [32, 48, 64, 96, 192, 288]
     assert m.stages[5].mlp_ratio == 5 and m.stages[5].v_scale == 2

@@ -49,7 +49,8 @@ def _np(v):
 
 
 def _expected_keras(name, value):
-    """The test's own statement of the layout change (spec §11), keyed on official names."""
+    """The test's own statement of the layout change (docs/method.md#super-weight-layouts), keyed on
+    official names."""
     if value.ndim == 4 and value.shape[1] == 1 and ("dw_conv" in name or "dw_v_conv" in name):
         return value.transpose(2, 3, 0, 1)
     if value.ndim == 4:

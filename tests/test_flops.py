@@ -1,4 +1,5 @@
-"""Golden FLOPs/params: the official formula exactly (spec §3 table and the models JSON)."""
+"""Golden FLOPs/params: the official formula exactly (docs/method.md#flops table and the models
+JSON)."""
 
 import json
 import os
@@ -10,7 +11,8 @@ from elasticvit_tf import flops
 from elasticvit_tf.arch import OFFICIAL_ENCODINGS, OFFICIAL_MIN_ARCH_ENCODINGS
 from elasticvit_tf.space import get_published_arch, get_space
 
-# spec §3 reference table: (MFLOPs by the repo formula, params M of the standalone subnet).
+# docs/method.md#flops reference table: (MFLOPs by the repo formula, params M of the standalone
+# subnet).
 GOLDEN = {
     "elastic_T1": (62.92, 8.91),
     "elastic_T2": (119.98, 9.30),

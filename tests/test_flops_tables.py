@@ -39,7 +39,7 @@ def test_encode_decode_and_vectorised_flops_exact(space_name):
 
 def test_vectorised_flops_published_models():
     space = get_space("elasticvit")
-    # spec §3 reference values (repo formula, MFLOPs)
+    # docs/method.md#flops reference values (repo formula, MFLOPs)
     ref = {"elastic_T1": 62.92, "elastic_S1": 217.64, "elastic_M": 415.58, "elastic_L3": 815.40}
     enc = ft.encode(space, [get_published_arch(n) for n in ref])
     np.testing.assert_allclose(ft.count_flops_encoded(space, enc), list(ref.values()), atol=0.006)

@@ -14,7 +14,8 @@ def _softmax(z):
 
 
 def _np_alpha(z, p, alpha, clip=5.0):
-    """Divergence D and surrogate weights a = q * rho, straight from spec §6.2 (float64)."""
+    """Divergence D and surrogate weights a = q * rho, straight from docs/method.md#losses
+    (float64)."""
     q = _softmax(z)
     p = np.asarray(p, np.float64)
     w = p / q

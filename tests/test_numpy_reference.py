@@ -1,7 +1,8 @@
 """Tests of the NumPy reference of the official network (tests/numpy_reference.py).
 
-Hand-computed small cases for every quirk of spec §2 / §10, the official tensor table, and
-(when torch is installed) the primitives against PyTorch's own operators.
+Hand-computed small cases for every quirk of docs/method.md#blocks,
+docs/method.md#departures-from-the-official-code, the official tensor table, and (when torch is
+installed) the primitives against PyTorch's own operators.
 """
 
 import os

@@ -38,7 +38,7 @@ def test_warmup_cosine_min_lr_floor_and_validation():
 
 
 def test_scale_lr_linear_rule():
-    # spec §6.4: 5e-4 * (32 GPUs * 96) / 512 = 3e-3
+    # docs/method.md#training-recipe: 5e-4 * (32 GPUs * 96) / 512 = 3e-3
     assert optim.scale_lr(5e-4, 32 * 96) == pytest.approx(3e-3)
     assert optim.scale_lr(5e-4, 128, reference_batch=0) == 5e-4
 

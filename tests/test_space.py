@@ -47,14 +47,15 @@ def test_elasticvit_space_matches_spec():
     assert s.feature_sides(160) == (80, 40, 20, 10, 10, 5, 3)
     assert s.feature_sides(176) == (88, 44, 22, 11, 11, 6, 3)
     assert s.feature_sides(224) == (112, 56, 28, 14, 14, 7, 4)
-    # Relative-position table sizes R (spec §2.3).
+    # Relative-position table sizes R (docs/method.md#transformer-layer).
     assert [s.max_feature_side(i) for i in range(2, 6)] == [16, 16, 8, 4]
 
 
 def test_select_min_arch_mapping_matches_spec_table():
     s = get_space("elasticvit")
     got = [round(flops.count_flops(s, s.select_min_arch(f)), 2) for f in s.flops_levels]
-    # spec §4.2: levels 100..1200 -> [200] [200] [400] [400] [800] [800] [800] [800]
+    # docs/method.md#level-bins-and-min-subnets: levels 100..1200 -> [200] [200] [400] [400] [800]
+    # [800] [800] [800]
     assert got == [37.37, 37.37, 159.92, 159.92, 288.81, 288.81, 288.81, 288.81]
 
 

@@ -1,4 +1,4 @@
-"""Dynamic ElasticViT blocks (spec §2) and their static twins.
+"""Dynamic ElasticViT blocks (docs/method.md#blocks) and their static twins.
 
 Each block owns max-size variables (through the primitives of ``dynamic_layers``) and runs any
 subnet with widths/ratios given as int32 scalar tensors and kernels selected by
@@ -116,7 +116,8 @@ class _Block(keras.layers.Layer):
 # ----------------------------------------------------------------------------- first conv
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
 class FirstConv(_Block):
-    """3x3 stride-2 conv (3 -> C0, symmetric pad 1), BN, Hardswish (spec §2.1).
+    """3x3 stride-2 conv (3 -> C0, symmetric pad 1), BN, Hardswish
+    (docs/method.md#first-conv-and-stem).
 
     Variables: ``conv/kernel [3, 3, 3, max_width]``, ``bn/*`` ``[max_width]``.
 
@@ -153,13 +154,14 @@ class FirstConv(_Block):
 # --------------------------------------------------------------------------------- MBConv
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
 class MBConvBlock(_Block):
-    """Elastic MBConv (spec §2.2; also the stem blocks with ``max_expand=0`` and the transition
-    MBConv of transformer stages).
+    """Elastic MBConv (docs/method.md#mbconv; also the stem blocks with ``max_expand=0`` and the
+    transition MBConv of transformer stages).
 
     ``inner = cin * expand`` (relative to the block INPUT width). With ``max_expand == 0`` (stem
     block) there is no point-wise expansion conv: ``inner = cin``. Shortcut: identity when
-    ``cin == cout`` and stride 1; else avg-pool (stride 2, odd-size rule of §2.7) and a 1x1
-    conv when ``cin != cout`` (checked in the graph for the first block of a stage).
+    ``cin == cout`` and stride 1; else avg-pool (stride 2, odd-size rule of
+    docs/method.md#padding-and-odd-sides) and a 1x1 conv when ``cin != cout`` (checked in the graph
+    for the first block of a stage).
 
     Variables (``max_inner = max_expand * max_in`` or ``max_in``): ``pw/kernel
     [1, 1, max_in, max_inner]``, ``pw_bn``, ``dw/kernel [K, K, max_inner, 1]``, ``dw_bn``,
@@ -306,7 +308,8 @@ class MBConvBlock(_Block):
 # ------------------------------------------------------------------------ transformer layer
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
 class TransformerLayer(_Block):
-    """One (attention, FFN) pair of a transformer stage, pre-norm (spec §2.3).
+    """One (attention, FFN) pair of a transformer stage, pre-norm
+    (docs/method.md#transformer-layer).
 
     Layer 0 of every stage starts with a transition MBConv (expand ``transition_expand``, kernel
     ``transition_kernel``, SE, stride 2 when the stage downsamples). Tokens are ``(B, N, C)``
@@ -502,8 +505,8 @@ class TransformerLayer(_Block):
 # ----------------------------------------------------------------------------------- head
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
 class ClassifierHead(_Block):
-    """MobileNetV3-style head on tokens (spec §2.4): per-token linear C -> head_mul C, BN over
-    tokens, Hardswish, mean over tokens, linear -> head_width, Hardswish, classifier.
+    """MobileNetV3-style head on tokens (docs/method.md#head): per-token linear C -> head_mul C, BN
+    over tokens, Hardswish, mean over tokens, linear -> head_width, Hardswish, classifier.
 
     Variables: ``pre/kernel [max_in, head_mul max_in]`` + bias, ``pre_bn``, ``fc/kernel
     [head_mul max_in, head_width]`` + bias, ``classifier/kernel [head_width, num_classes]`` +

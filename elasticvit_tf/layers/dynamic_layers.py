@@ -4,10 +4,11 @@ Every layer stores one variable per super-weight at its maximal shape and, at ca
 the *leading* slice whose size comes from the input tensor's channel dimension (input widths)
 or from an int32 scalar tensor argument (output widths) read from the supernet's arch
 variables. Nothing here depends on Python-level widths, so one traced graph serves every
-subnet (DESIGN §3). Kernel sizes are Python ints: elastic kernels are selected by the blocks
-with ``tf.switch_case`` over the (few) kernel choices, each branch using a static centre crop.
+subnet (docs/design.md#one-traced-graph). Kernel sizes are Python ints: elastic kernels are selected
+by the blocks with ``tf.switch_case`` over the (few) kernel choices, each branch using a static
+centre crop.
 
-Super-weight layouts (Keras convention, spec §11):
+Super-weight layouts (Keras convention, docs/method.md#super-weight-layouts):
   * conv kernel ``[kh, kw, in, out]`` (PyTorch ``[out, in, kh, kw]`` transposed (2, 3, 1, 0));
   * depthwise kernel ``[kh, kw, C, 1]`` (PyTorch ``[C, 1, kh, kw]`` transposed (2, 3, 0, 1));
   * dense kernel ``[in, out]`` (PyTorch Linear ``[out, in]`` transposed).
@@ -36,7 +37,7 @@ def symmetric_pad(x, pad: int):
 
 
 def avg_pool_shortcut(x):
-    """2x2/2 average pool of the stride-2 shortcut (spec §2.7).
+    """2x2/2 average pool of the stride-2 shortcut (docs/method.md#padding-and-odd-sides).
 
     Odd sides: PyTorch pads 1 on every side with ``count_include_pad=True``; the trailing pad is
     never covered, so this equals zero-padding one row on top and one column on the left, then a
@@ -238,13 +239,14 @@ class DynamicBatchNorm(keras.layers.Layer):
     Calibration (``calibration_factor`` set to a scalar float variable ``f`` by
     ``recalibrate_bn``): same normalisation, but ``stat <- stat + f * (batch_stat - stat)``;
     with ``f = 1 / (i + 1)`` on batch ``i`` the stats are the cumulative average of the batch
-    means and unbiased batch variances (spec §7), reset by the first batch.
+    means and unbiased batch variances (docs/method.md#bn-recalibration), reset by the first batch.
 
     Args:
         max_channels: maximal channels.
         momentum: Keras-convention momentum (0.9 == PyTorch 0.1).
         epsilon: variance epsilon.
-        zero_init: initialise gamma to 0 (last BN of stride-1 residual blocks, spec §2.6).
+        zero_init: initialise gamma to 0 (last BN of stride-1 residual blocks,
+            docs/method.md#initialisation).
     """
 
     def __init__(
@@ -264,8 +266,8 @@ class DynamicBatchNorm(keras.layers.Layer):
         )
         self.beta = self.add_weight(name="beta", shape=c, initializer="zeros")
         # NOTE: aggregation "none" like keras.layers.BatchNormalization: under MirroredStrategy
-        # each replica updates its own copy (plain per-device BN, spec §2); "mean" would need a
-        # merge_call, which is not allowed inside the depth tf.cond branches.
+        # each replica updates its own copy (plain per-device BN, docs/method.md#blocks); "mean"
+        # would need a merge_call, which is not allowed inside the depth tf.cond branches.
         self.moving_mean = self.add_weight(
             name="moving_mean", shape=c, initializer="zeros", trainable=False
         )
@@ -315,7 +317,8 @@ class DynamicBatchNorm(keras.layers.Layer):
 
 def token_layer_norm(x, gamma, beta, epsilon=LN_EPSILON):
     """The official "LayerNorm": moments over tokens x channels (axes 1, 2 of (B, N, C)),
-    per-channel affine (spec §2.3, §10.1)."""
+    per-channel affine (docs/method.md#transformer-layer,
+    docs/method.md#layernorm-over-tokens-and-channels)."""
     mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
     return (x - mean) * tf.math.rsqrt(var + epsilon) * gamma + beta
 

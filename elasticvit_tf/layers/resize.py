@@ -1,4 +1,5 @@
-"""In-model resize of NHWC images to a resolution held in a tensor (spec §2.5, DESIGN §5)."""
+"""In-model resize of NHWC images to a resolution held in a tensor
+(docs/method.md#elastic-resolution, docs/design.md#resize-and-bn-recalibration)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ def relative_position_index(side: int, table_side: int) -> np.ndarray:
     """``[side^2, side^2]`` indices into a ``[(2R - 1)^2, heads]`` table, R = ``table_side``.
 
     ``idx[i, j] = (yi - yj + R - 1) * (2R - 1) + (xi - xj + R - 1)`` for row-major tokens of a
-    ``side x side`` map (spec §2.3: the top-left crop of the R x R index).
+    ``side x side`` map (docs/method.md#transformer-layer: the top-left crop of the R x R index).
     """
     if side > table_side:
         raise ValueError(f"side={side} exceeds the relative-position table side {table_side}")
@@ -32,7 +32,7 @@ def relative_position_index(side: int, table_side: int) -> np.ndarray:
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
 class TokenLayerNorm(keras.layers.Layer):
     """Official ElasticViT "LayerNorm" on ``(B, N, C)``: moments jointly over tokens and channels
-    of each sample, then a per-channel affine (spec §10.1).
+    of each sample, then a per-channel affine (docs/method.md#layernorm-over-tokens-and-channels).
 
     Args:
         epsilon: variance epsilon.
@@ -62,7 +62,7 @@ class TokenLayerNorm(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
 class RelPosAttention(keras.layers.Layer):
-    """Head-major attention core on the qkv projection output (spec §2.3).
+    """Head-major attention core on the qkv projection output (docs/method.md#transformer-layer).
 
     Input: ``(B, N, H * (2 * key_dim + value_dim))`` with N = ``side^2``, laid out head-major
     ``[q(key_dim) | k(key_dim) | v(value_dim)]`` per head. V is *replaced* by a 3x3 depthwise

@@ -80,8 +80,8 @@ class SamplerCallback(keras.callbacks.Callback):
     ``on_train_batch_begin``: ``sampler.sample_step()`` then ``net.set_archs(archs)`` (every
     replica reads the same arch variables). ``on_train_batch_end``: the per-batch
     ``ce_slot{i}`` from the train step become scores ``-CE`` for ``sampler.update_scores``
-    (subnets drawn from a bank and the distilled min subnet are not re-scored, spec §5).
-    ``on_epoch_end``: ``sampler.end_epoch()``.
+    (subnets drawn from a bank and the distilled min subnet are not re-scored,
+    docs/method.md#performance-aware-sampling). ``on_epoch_end``: ``sampler.end_epoch()``.
 
     Args:
         sampler: a ``samplers.Sampler``.
@@ -189,7 +189,8 @@ class ScalarLogger(keras.callbacks.Callback):
 
 
 class SubnetEvaluator:
-    """Top-1 of named subnets with the EMA weights after BN recalibration (spec §7).
+    """Top-1 of named subnets with the EMA weights after BN recalibration
+    (docs/method.md#bn-recalibration).
 
     The live weights (and BN statistics) are backed up first and restored afterwards, so
     evaluating never changes training.

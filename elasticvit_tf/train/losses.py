@@ -1,4 +1,4 @@
-"""Training losses (spec §6.2), TF ops usable inside a traced train step.
+"""Training losses (docs/method.md#losses), TF ops usable inside a traced train step.
 
 * ``soft_target_cross_entropy``: the uniform subnets against the teacher ensemble.
 * ``teacher_probs``: mean of softmax(z / T) over teachers (T = 0.2 sharpens, student at T = 1).
@@ -117,7 +117,7 @@ def adaptive_alpha_divergence(
     reduction: str = "mean",
     return_divergence: bool = False,
 ):
-    """AlphaNet's adaptive alpha-divergence (spec §6.2): the surrogate loss.
+    """AlphaNet's adaptive alpha-divergence (docs/method.md#losses): the surrogate loss.
 
     For each example both D_{alpha_min} and D_{alpha_max} are computed (no gradient) and the
     branch with the larger divergence is used: L = -sum_c stop(q rho) log q, whose gradient

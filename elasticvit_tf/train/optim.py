@@ -1,5 +1,5 @@
-"""Optimisation recipe (spec §6.4): AdamW with selective weight decay, warm-up + cosine LR,
-adaptive gradient clipping (AGC) and an EMA of the weights.
+"""Optimisation recipe (docs/method.md#training-recipe): AdamW with selective weight decay,
+warm-up + cosine LR, adaptive gradient clipping (AGC) and an EMA of the weights.
 
 Differences from the official recipe, on purpose:
 
@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
-# Official values (spec §6.4), for a global batch of LR_REFERENCE_BATCH images.
+# Official values (docs/method.md#training-recipe), for a global batch of LR_REFERENCE_BATCH images.
 OFFICIAL_BASE_LR = 5e-4
 OFFICIAL_MIN_LR = 5e-6
 OFFICIAL_WARMUP_LR = 1e-6
@@ -109,7 +109,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 # ------------------------------------------------------------------------------ weight decay
 def split_weight_decay(net) -> tuple[list, list]:
-    """``(decay, no_decay)`` lists of the supernet's trainable variables (spec §6.4).
+    """``(decay, no_decay)`` lists of the supernet's trainable variables
+    (docs/method.md#training-recipe).
 
     The decay set comes from ``net.weight_decay_variables()`` (transformer linears, relative
     position tables, V depthwise convs, head linears, classifier); everything else trainable

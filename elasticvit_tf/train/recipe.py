@@ -1,4 +1,5 @@
-"""The multi-subnet training step (spec §6.1) as a Keras model used by ``model.fit``.
+"""The multi-subnet training step (docs/method.md#training-step) as a Keras model used by
+``model.fit``.
 
 ``SupernetTrainer`` wraps an ``ElasticSupernet`` whose arch slots were written on the host by
 ``SamplerCallback`` before the batch. One ``train_step``:

@@ -1,6 +1,6 @@
 """Flag-free supernet training: ``TrainConfig`` + ``train(config) -> dict``.
 
-``train`` writes the model_dir of DESIGN §5 (``config.json``, ``checkpoints/``,
+``train`` writes the model_dir of docs/formats.md#model_dir (``config.json``, ``checkpoints/``,
 ``tensorboard/``, ``eval.json``) and resumes exactly from the last complete checkpoint when the
 model_dir already holds one of the same run: step, optimizer, live and EMA weights, sampler
 (RNG, level, banks, schedule) and data position are restored; with ``deterministic=True`` the
@@ -34,8 +34,8 @@ class TrainConfig:
     """Everything one training run needs (``elasticvit-train`` flags map 1:1 onto it).
 
     Learning rates (``lr``, ``warmup_lr``, ``min_lr``) are given for a global batch of
-    ``lr_reference_batch`` images and scaled linearly to ``batch_size`` (spec §6.4; set
-    ``lr_reference_batch=0`` to use them as is).
+    ``lr_reference_batch`` images and scaled linearly to ``batch_size``
+    (docs/method.md#training-recipe; set ``lr_reference_batch=0`` to use them as is).
     """
 
     model_dir: str = ""
@@ -60,7 +60,7 @@ class TrainConfig:
     sampler: str = "elasticvit"
     sampler_kwargs: dict = dataclasses.field(default_factory=dict)
     num_subnets: int = 4
-    # optimisation (spec §6.4)
+    # optimisation (docs/method.md#training-recipe)
     lr: float = 5e-4
     warmup_lr: float = 1e-6
     min_lr: float = 5e-6

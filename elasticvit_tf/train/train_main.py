@@ -55,7 +55,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("lr_reference_batch", d.lr_reference_batch, "0: no LR scaling.")
     flags.DEFINE_integer("warmup_steps", d.warmup_steps, "Linear warm-up steps.")
     flags.DEFINE_integer("cooldown_steps", d.cooldown_steps, "Final steps at --min_lr.")
-    flags.DEFINE_float("weight_decay", d.weight_decay, "AdamW decay (selective, spec §6.4).")
+    flags.DEFINE_float(
+        "weight_decay", d.weight_decay, "AdamW decay (selective, docs/method.md#training-recipe)."
+    )
     flags.DEFINE_float("agc_clip", d.agc_clip, "Adaptive gradient clipping factor (0: off).")
     flags.DEFINE_float("ema_decay", d.ema_decay, "EMA decay (0: off; official 0.99985).")
     flags.DEFINE_bool("ema_warmup", d.ema_warmup, "EMA decay min(decay, (1+n)/(10+n)).")
