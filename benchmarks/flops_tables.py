@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from elasticvit_tf import flops_tables as ft
 from elasticvit_tf.flops import count_flops
+from elasticvit_tf.sampling import level_tables as ft
 from elasticvit_tf.space import get_space
 
 

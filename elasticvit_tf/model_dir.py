@@ -307,6 +307,31 @@ def checkpoint_has(path: str, entry: str) -> bool:
     return any(name.startswith(prefix) for name, _ in tf.train.list_variables(path))
 
 
+def read_sampler_state(model_dir: str) -> Optional[dict]:
+    """The sampler state (``Sampler.get_state()``, docs/formats.md#model_dir) saved in the
+    latest checkpoint; None without a checkpoint or when it holds no sampler state.
+
+    Raises:
+        ValueError: the saved state is not a JSON object.
+    """
+    path = latest_checkpoint(model_dir)
+    if path is None or not checkpoint_has(path, "sampler"):
+        return None
+    raw = tf.train.load_variable(path, "sampler/.ATTRIBUTES/VARIABLE_VALUE")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if not text:
+        return None
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the sampler state is not valid JSON: {e}") from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{path}: the sampler state is a {type(state).__name__}; expected an object"
+        )
+    return state
+
+
 def build_supernet(space: SearchSpace, config: dict):
     """Builds (creates every variable of) the supernet described by a model_dir config."""
     from elasticvit_tf.supernet import ElasticSupernet

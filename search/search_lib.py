@@ -160,42 +160,20 @@ def load_latency_predictor(config: SearchConfig, space: SearchSpace):
 
 
 def memory_bank_archs(model_dir: str, space: SearchSpace) -> list[ArchConfig]:
-    """Archs of the sampler's memory banks stored in the latest checkpoint (may be empty)."""
+    """Archs of the sampler's memory banks in the latest checkpoint, best score first (may be
+    empty)."""
     from elasticvit_tf import model_dir as md
-    from elasticvit_tf.search.evaluator import archs_in
+    from elasticvit_tf.sampling.level_samplers import bank_archs
 
-    state = None
-    reader = getattr(md, "read_sampler_state", None)
     try:
-        if reader is not None:
-            state = reader(model_dir)
-        else:
-            import tensorflow as tf
-
-            path = md.latest_checkpoint(model_dir)
-            if path is not None and md.checkpoint_has(path, "sampler"):
-                raw = tf.train.load_variable(path, "sampler/.ATTRIBUTES/VARIABLE_VALUE")
-                state = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-    except Exception as e:  # a missing/odd sampler state only costs the seeding
+        state = md.read_sampler_state(model_dir)
+        archs = bank_archs(state) if state else []
+    except ValueError as e:  # a malformed sampler state only costs the seeding
         logger.info("no sampler state readable in %s (%s): population not seeded", model_dir, e)
         return []
     if not state:
         logger.info("checkpoint of %s holds no sampler state: population not seeded", model_dir)
         return []
-    banks = state.get("banks", state) if isinstance(state, dict) else state
-    scored = []
-    if isinstance(banks, list):  # samplers' layout: one [[arch dict, score], ...] per level
-        for bank in banks:
-            for entry in bank if isinstance(bank, list) else ():
-                if isinstance(entry, (list, tuple)) and len(entry) == 2:
-                    found = list(archs_in(entry[0]))
-                    if found and isinstance(entry[1], (int, float)):
-                        scored.append((float(entry[1]), found[0]))
-    if scored:  # best bank score first: they open the population in this order
-        scored.sort(key=lambda sa: -sa[0])
-        archs = [a for _, a in scored]
-    else:
-        archs = list(archs_in(banks))
     archs = [a for a in archs if space.contains(a)]
     logger.info("memory banks: %d archs seed the initial population", len(archs))
     return archs

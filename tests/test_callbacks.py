@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from elasticvit_tf import model_dir as md
-from elasticvit_tf.samplers import make_sampler
+from elasticvit_tf.sampling.registry import make_sampler
 from elasticvit_tf.space import get_space
 from elasticvit_tf.train import callbacks as cb
 
@@ -38,6 +38,10 @@ class _RecordingSampler:
         self.scores = []
         self.epochs = 0
 
+    @property
+    def roles(self):
+        return self.inner.roles
+
     def sample_step(self):
         return self.inner.sample_step()
 
@@ -49,11 +53,6 @@ class _RecordingSampler:
 
     def get_state(self):
         return self.inner.get_state()
-
-    def __deepcopy__(self, memo):
-        import copy
-
-        return _RecordingSampler(copy.deepcopy(self.inner, memo))
 
 
 @pytest.fixture
@@ -149,14 +148,6 @@ def test_eval_callback_writes_eval_json(tmp_path, tiny):
     assert [r["step"] for r in data["records"]] == [3, 6]
     assert data["latest"]["min_top1"] == 0.5 and data["latest"]["epoch"] == 1.5
     assert calls == [["max", "min"], ["max", "min"]]
-
-
-def test_sampler_roles_does_not_advance(tiny):
-    s = make_sampler("uniform", tiny, seed=5)
-    assert cb.sampler_roles(s) == ("uniform",) * 4
-    assert s.step == 0
-    t = make_sampler("uniform", tiny, seed=5)
-    assert s.sample_step().archs == t.sample_step().archs
 
 
 def test_subnet_evaluator_restores_live_weights(tiny):

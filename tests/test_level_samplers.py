@@ -1,4 +1,4 @@
-"""Tests for elasticvit_tf.level_samplers: complexity-aware, performance-aware, elasticvit."""
+"""Tests for elasticvit_tf.sampling.level_samplers: complexity-aware, performance-aware, elasticvit."""
 
 import json
 import zlib
@@ -6,9 +6,8 @@ import zlib
 import numpy as np
 import pytest
 
-from elasticvit_tf import flops_tables
-from elasticvit_tf import samplers as samplers_lib
 from elasticvit_tf.flops import count_flops
+from elasticvit_tf.sampling import level_tables, registry
 from elasticvit_tf.space import get_space
 
 
@@ -39,7 +38,7 @@ def _drive(sampler, n, epoch_every=0):
 
 def _make(name, space_name="tiny", seed=0, **cfg):
     cfg.setdefault("tables", "none")
-    return samplers_lib.make_sampler(name, get_space(space_name), seed=seed, **cfg)
+    return registry.make_sampler(name, get_space(space_name), seed=seed, **cfg)
 
 
 @pytest.mark.parametrize("name", LEVEL_SAMPLERS)
@@ -262,18 +261,18 @@ def test_archs_to_rescore_points():
     assert [s.archs_to_rescore(b, 100) for b in (24, 49, 74)] == [cur_archs] * 3
     assert s.archs_to_rescore(99, 100) == [] and s.archs_to_rescore(10, 100) == []
     assert _make("elasticvit", "tiny", rescore="none").archs_to_rescore(0, 100) == []
-    assert samplers_lib.make_sampler("uniform", get_space("tiny"), 0).archs_to_rescore(0) == []
+    assert registry.make_sampler("uniform", get_space("tiny"), 0).archs_to_rescore(0) == []
 
 
 # ---------------------------------------------------------------------------- tables, cfg
 def test_sampler_uses_tables_and_resumes_with_them(tmp_path):
     space = get_space("tiny")
-    s = samplers_lib.make_sampler(
+    s = registry.make_sampler(
         "elasticvit", space, seed=0, tables="build", table_size=50, cache_dir=str(tmp_path)
     )
     assert len(list(tmp_path.glob("*.npz"))) == len(s.levels)
     table_keys = {
-        i: {flops_tables.decode(space, r).key() for r in s._tables[i].archs}
+        i: {level_tables.decode(space, r).key() for r in s._tables[i].archs}
         for i in range(len(s.levels))
     }
     for _ in range(20):
@@ -283,17 +282,17 @@ def test_sampler_uses_tables_and_resumes_with_them(tmp_path):
     state = json.loads(json.dumps(s.get_state()))
     expected = _drive(s, 30)
     # resumes exactly even when the new sampler was created without tables
-    resumed = samplers_lib.make_sampler(
+    resumed = registry.make_sampler(
         "elasticvit", space, seed=1, tables="none", table_size=50, cache_dir=str(tmp_path)
     )
     resumed.set_state(state)
     assert _drive(resumed, 30) == expected
     # "auto" picks up the cached tables only
-    auto = samplers_lib.make_sampler(
+    auto = registry.make_sampler(
         "complexity_aware", space, seed=0, tables="auto", table_size=50, cache_dir=str(tmp_path)
     )
     assert sorted(auto._tables) == list(range(len(s.levels)))
-    auto_cold = samplers_lib.make_sampler(
+    auto_cold = registry.make_sampler(
         "complexity_aware", space, 0, tables="auto", cache_dir=str(tmp_path / "cold")
     )
     assert auto_cold._tables == {}
@@ -301,36 +300,36 @@ def test_sampler_uses_tables_and_resumes_with_them(tmp_path):
 
 def test_default_tables_make_sequence_independent_of_cache(tmp_path):
     space = get_space("demo")
-    cold = samplers_lib.make_sampler("elasticvit", space, 4, cache_dir=str(tmp_path))
+    cold = registry.make_sampler("elasticvit", space, 4, cache_dir=str(tmp_path))
     assert len(list(tmp_path.glob("*.npz"))) == len(cold.levels)  # built and cached
-    warm = samplers_lib.make_sampler("elasticvit", space, 4, cache_dir=str(tmp_path))
+    warm = registry.make_sampler("elasticvit", space, 4, cache_dir=str(tmp_path))
     assert _drive(cold, 40) == _drive(warm, 40)
 
 
 def test_bad_level_config():
     space = get_space("tiny")
     with pytest.raises(ValueError, match="infeasible"):
-        samplers_lib.make_sampler("complexity_aware", space, 0, levels=(0.1,), tables="none")
+        registry.make_sampler("complexity_aware", space, 0, levels=(0.1,), tables="none")
     with pytest.raises(ValueError, match="strictly increasing"):
-        samplers_lib.make_sampler("complexity_aware", space, 0, levels=(1.1, 0.5))
+        registry.make_sampler("complexity_aware", space, 0, levels=(1.1, 0.5))
     with pytest.raises(ValueError, match="tables"):
-        samplers_lib.make_sampler("complexity_aware", space, 0, tables="sometimes")
+        registry.make_sampler("complexity_aware", space, 0, tables="sometimes")
     with pytest.raises(ValueError, match="rescore"):
-        samplers_lib.make_sampler("elasticvit", space, 0, rescore="always", tables="none")
+        registry.make_sampler("elasticvit", space, 0, rescore="always", tables="none")
     with pytest.raises(ValueError, match="bad configuration"):
-        samplers_lib.make_sampler("complexity_aware", space, 0, bank_size=3)
+        registry.make_sampler("complexity_aware", space, 0, bank_size=3)
 
 
 def test_resume_rebuilds_a_stale_cached_table(tmp_path):
     space = get_space("tiny")
-    s = samplers_lib.make_sampler("complexity_aware", space, 2, table_size=40, cache_dir=tmp_path)
+    s = registry.make_sampler("complexity_aware", space, 2, table_size=40, cache_dir=tmp_path)
     state = json.loads(json.dumps(s.get_state()))
     expected = _drive(s, 20)
     # overwrite every cached table with different archs (as a stale cache would hold)
     for i, level in enumerate(s.levels):
-        path = flops_tables.table_path(space, level, 40, cache_dir=tmp_path)
-        flops_tables.save_table(flops_tables.build_table(space, level, 40, seed=99), path)
-    resumed = samplers_lib.make_sampler(
+        path = level_tables.table_path(space, level, 40, cache_dir=tmp_path)
+        level_tables.save_table(level_tables.build_table(space, level, 40, seed=99), path)
+    resumed = registry.make_sampler(
         "complexity_aware", space, 0, tables="none", table_size=40, cache_dir=tmp_path
     )
     resumed.set_state(state)
@@ -344,3 +343,28 @@ def test_end_epoch_drops_out_of_bin_bank_entries():
     s.banks[1] = [[inside[0], -1.0], [outside, -0.5], [inside[1], -2.0]]
     s.end_epoch()
     assert [a for a, _ in s.banks[1]] == inside
+
+
+def test_bank_archs_of_a_saved_state_best_first():
+    from elasticvit_tf.sampling.level_samplers import bank_archs
+
+    s = _make("elasticvit", "tiny", seed=1)
+    _drive(s, 40)
+    state = json.loads(json.dumps(s.get_state()))
+    entries = sorted((e for bank in s.banks for e in bank), key=lambda e: -e[1])
+    assert [a.key() for a in bank_archs(state)] == [a.key() for a, _ in entries] and entries
+    assert bank_archs(registry.make_sampler("uniform", get_space("tiny"), 0).get_state()) == []
+    with pytest.raises(ValueError, match="banks"):
+        bank_archs({"banks": [[["not an arch", 1.0]]]})
+
+
+def test_default_sampler_touches_no_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(level_tables.CACHE_ENV, str(tmp_path / "env"))
+    s = registry.make_sampler("elasticvit", get_space("tiny"), 3, table_size=50)
+    assert sorted(s._tables) == list(range(len(s.levels)))  # built in memory
+    state = json.loads(json.dumps(s.get_state()))
+    resumed = registry.make_sampler("elasticvit", get_space("tiny"), 0, tables="none")
+    resumed.set_state(state)  # rebuilds the tables in memory for an exact resume
+    assert _drive(resumed, 10) == _drive(s, 10)
+    assert not any(tmp_path.iterdir())

@@ -221,3 +221,21 @@ def test_sigkill_during_checkpoint_writes_leaves_a_usable_checkpoint(tmp_path):
         assert n >= 3 and latest.endswith(f"ckpt-{n}")
         for v in big:  # every tensor comes from the same save
             np.testing.assert_array_equal(v.numpy(), float(n))
+
+
+def test_read_sampler_state(tmp_path):
+    mdir = str(tmp_path / "m")
+    assert md.read_sampler_state(mdir) is None  # no checkpoint
+    state = tf.Variable(json.dumps({"sampler": "uniform", "step": 3}), dtype=tf.string)
+    manager = md.checkpoint_manager(md.checkpoint_dir(mdir), tf.train.Checkpoint(sampler=state))
+    manager.save()
+    assert md.read_sampler_state(mdir) == {"sampler": "uniform", "step": 3}
+    state.assign("[1, 2]")
+    manager.save()
+    with pytest.raises(ValueError, match="expected an object"):
+        md.read_sampler_state(mdir)
+    step_only = str(tmp_path / "s")
+    md.checkpoint_manager(
+        md.checkpoint_dir(step_only), tf.train.Checkpoint(step=tf.Variable(1))
+    ).save()
+    assert md.read_sampler_state(step_only) is None

@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARIES = {
     "elasticvit_tf": "elasticvit_tf",
     "elasticvit_tf_layers": "elasticvit_tf/layers",
+    "elasticvit_tf_sampling": "elasticvit_tf/sampling",
     "elasticvit_tf_train": "elasticvit_tf/train",
     "elasticvit_tf_pipeline": "elasticvit_tf/pipeline",
     "elasticvit_tf_search": "search",
@@ -27,11 +28,13 @@ LIBRARIES = {
 DEPS = {
     "elasticvit_tf": ["elasticvit_tf_layers"],
     "elasticvit_tf_layers": [],
-    "elasticvit_tf_train": ["elasticvit_tf"],
-    "elasticvit_tf_search": ["elasticvit_tf"],
+    "elasticvit_tf_sampling": ["elasticvit_tf"],
+    "elasticvit_tf_train": ["elasticvit_tf", "elasticvit_tf_sampling"],
+    "elasticvit_tf_search": ["elasticvit_tf", "elasticvit_tf_sampling"],
     "elasticvit_tf_export": ["elasticvit_tf"],
     "elasticvit_tf_pipeline": [
         "elasticvit_tf",
+        "elasticvit_tf_sampling",
         "elasticvit_tf_train",
         "elasticvit_tf_search",
         "elasticvit_tf_export",

@@ -9,7 +9,6 @@ they describe.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -69,11 +68,6 @@ class StepCounter(keras.callbacks.Callback):
             self.state.steady_steps += 1
 
 
-def sampler_roles(sampler) -> tuple[str, ...]:
-    """The role layout of a sampler's steps, without advancing the sampler."""
-    return copy.deepcopy(sampler).sample_step().roles
-
-
 class SamplerCallback(keras.callbacks.Callback):
     """Samples the step's subnets on the host and writes them into the supernet's arch slots.
 
@@ -84,7 +78,7 @@ class SamplerCallback(keras.callbacks.Callback):
     docs/method.md#performance-aware-sampling). ``on_epoch_end``: ``sampler.end_epoch()``.
 
     Args:
-        sampler: a ``samplers.Sampler``.
+        sampler: a ``sampling.samplers.Sampler``.
         net: the supernet.
         trainer: the ``SupernetTrainer`` (its role layout is checked every step).
         arch_log: optional path of a JSON-lines file receiving ``{step, level, archs}``.
@@ -99,7 +93,7 @@ class SamplerCallback(keras.callbacks.Callback):
         self.arch_log = arch_log
         self.state = state
         self.current = None
-        self._roles = sampler_roles(sampler)
+        self._roles = sampler.roles
         if trainer is not None:
             trainer.set_roles(self._roles)
 

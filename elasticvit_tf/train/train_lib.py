@@ -181,7 +181,7 @@ class TimeBox:
 # ------------------------------------------------------------------------------ validation
 def validate_config(config: TrainConfig) -> None:
     """Cheap checks before TensorFlow starts (``ValueError`` naming the field)."""
-    from elasticvit_tf.samplers import SAMPLER_NAMES
+    from elasticvit_tf.sampling.registry import SAMPLER_NAMES
     from elasticvit_tf.space import get_space
 
     if not config.model_dir:
@@ -457,7 +457,7 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     import keras
 
     from elasticvit_tf import data as data_lib
-    from elasticvit_tf.samplers import make_sampler
+    from elasticvit_tf.sampling.registry import make_sampler
     from elasticvit_tf.space import get_space
     from elasticvit_tf.supernet import ElasticSupernet
     from elasticvit_tf.train import callbacks as cb

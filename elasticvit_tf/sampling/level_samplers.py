@@ -1,15 +1,15 @@
 """FLOPs-level samplers (docs/method.md#samplers): complexity-aware, performance-aware and both
 (ElasticViT).
 
-Built with ``samplers.make_sampler("complexity_aware" | "performance_aware" | "elasticvit",
+Built with ``registry.make_sampler("complexity_aware" | "performance_aware" | "elasticvit",
 space, seed, **cfg)``; see ``samplers`` for the common API (``StepSample``, ``Sampler``).
 Each step samples ``num_subnets - 1`` archs whose FLOPs lie in the bin [F, F + 2 * bound] of
-the step's level F (from a FLOPs-level table, ``flops_tables``, or by rejection sampling) plus
+the step's level F (from a FLOPs-level table, ``level_tables``, or by rejection sampling) plus
 the level's min subnet in the last slot. The samplers follow the intent described in the spec
 and fix the official code's bugs, each fix noted where it is made:
 
   * docs/method.md#bugs-fixed (conv kernels filtered by the min expansion ratio; MLP bound of the
-    min arch not applied): fixed in ``SearchSpace.sample`` / ``flops_tables.sample_encoded``, which
+    min arch not applied): fixed in ``SearchSpace.sample`` / ``level_tables.sample_encoded``, which
     every in-bin draw uses.
   * docs/method.md#bugs-fixed (the preference anchor looks up a non-existent 150/50 MFLOPs bank and
     silently falls back to bank 0): the lowest level's bank is used on purpose
@@ -28,10 +28,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from elasticvit_tf import flops_tables as ft
 from elasticvit_tf.arch import ArchConfig
 from elasticvit_tf.flops import count_flops
-from elasticvit_tf.samplers import Sampler, StepSample
+from elasticvit_tf.sampling import level_tables as ft
+from elasticvit_tf.sampling.samplers import Sampler, StepSample
 from elasticvit_tf.space import SearchSpace
 
 
@@ -52,15 +52,17 @@ class ComplexityAwareSampler(Sampler):
         num_subnets: subnets per step (default 4 = 3 in the bin + the min subnet).
         levels: FLOPs levels F in MFLOPs (default ``space.flops_levels``).
         bound: half-width b of the bins [F, F + 2b] (default ``space.level_bound``).
-        tables: ``"build"`` (default: load the cached FLOPs table of every level, building
-            and caching missing ones; tables are deterministic in (space, level, size, seed),
-            so the sampled sequence does not depend on the cache), ``"none"`` (always
-            rejection sampling in the bin), ``"auto"`` (tables only where already cached;
-            the sequence then depends on the cache: avoid with several workers) or a
-            mapping level -> ``flops_tables.FlopsTable``.
-        table_size: archs per table (``flops_tables.DEFAULT_TABLE_SIZE``).
+        tables: ``"build"`` (default: build the FLOPs table of every level, or load it from
+            ``cache_dir`` when cached there; tables are deterministic in (space, level, size,
+            seed), so the sampled sequence does not depend on the cache), ``"none"`` (always
+            rejection sampling in the bin), ``"auto"`` (tables only where already cached in
+            ``cache_dir``; the sequence then depends on the cache: avoid with several workers)
+            or a mapping level -> ``level_tables.FlopsTable``.
+        table_size: archs per table (``level_tables.DEFAULT_TABLE_SIZE``).
         table_seed: seed of the table builder (2023 as the official tables).
-        cache_dir: table cache folder (default ``flops_tables.default_cache_dir()``).
+        cache_dir: table cache folder, read and written; None (default): tables live in memory
+            only and nothing touches the disk (``level_tables.default_cache_dir()`` names the
+            conventional folder for callers that want a shared cache).
         max_draws: bound on rejection-sampling draws per arch before a ``ValueError``.
     """
 
@@ -185,11 +187,22 @@ class ComplexityAwareSampler(Sampler):
 
     # ---------------------------------------------------------------------- bin sampling
     def _get_table(self, i: int, build: bool) -> Optional[ft.FlopsTable]:
+        return self._table(i, self.table_size, self.table_seed, build)
+
+    def _table(self, i: int, size: int, seed: int, build: bool = True) -> Optional[ft.FlopsTable]:
+        """A level's table from ``cache_dir`` (built and cached when missing), or built in
+        memory without a cache (None for ``build=False``)."""
+        if self.cache_dir is None:
+            if not build:
+                return None
+            return ft.build_table(
+                self.space, self.levels[i], size, seed, self.bound, self.min_archs[i]
+            )
         return ft.get_table(
             self.space,
             self.levels[i],
-            self.table_size,
-            self.table_seed,
+            size,
+            seed,
             self.bound,
             self.min_archs[i],
             self.cache_dir,
@@ -210,6 +223,10 @@ class ComplexityAwareSampler(Sampler):
         return self.sample_in_bin(level_index), False
 
     # --------------------------------------------------------------------------- stepping
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return ("uniform",) * (self.num_subnets - 1) + ("min",)
+
     def _sample_step(self) -> StepSample:
         i = self.level_index = self._next_level_index()
         picks = [self._sample_level_arch(i) for _ in range(self.num_subnets - 1)]
@@ -217,7 +234,7 @@ class ComplexityAwareSampler(Sampler):
         self._last_level_index, self._last_min_key = i, min_arch.key()
         return StepSample(
             archs=tuple(a for a, _ in picks) + (min_arch,),
-            roles=("uniform",) * len(picks) + ("min",),
+            roles=self.roles,
             level=self.levels[i],
             from_bank=tuple(b for _, b in picks) + (False,),
         )
@@ -260,15 +277,7 @@ class ComplexityAwareSampler(Sampler):
         for i, (size, seed, length, crc) in want.items():
             t = self._tables.get(i)
             if t is None or (t.size, t.seed, len(t), _checksum(t)) != (size, seed, length, crc):
-                t = ft.get_table(
-                    self.space,
-                    self.levels[i],
-                    size,
-                    seed,
-                    self.bound,
-                    self.min_archs[i],
-                    self.cache_dir,
-                )
+                t = self._table(i, size, seed)
             if _checksum(t) != crc:  # e.g. a stale cache file: rebuild from scratch
                 t = ft.build_table(
                     self.space, self.levels[i], size, seed, self.bound, self.min_archs[i]
@@ -537,6 +546,24 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         self.banks = [[[ArchConfig.from_dict(a), float(s)] for a, s in bank] for bank in banks]
         self._reindex()
         self.p_bank = float(state["p_bank"])
+
+
+def bank_archs(state: Mapping[str, Any]) -> list[ArchConfig]:
+    """The archs of the memory banks in a saved sampler state (``get_state()``), best score
+    first; empty for a sampler without banks.
+
+    Raises:
+        ValueError: ``banks`` is not the layout ``PerformanceAwareSampler`` saves.
+    """
+    banks = state.get("banks", [])
+    try:
+        scored = [(float(s), ArchConfig.from_dict(a)) for bank in banks for a, s in bank]
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"sampler state: 'banks' is not one list of [arch, score] per level: {e}"
+        ) from None
+    scored.sort(key=lambda sa: -sa[0])  # stable: bank order among equal scores
+    return [a for _, a in scored]
 
 
 class ElasticViTSampler(PerformanceAwareSampler):

@@ -1,4 +1,4 @@
-"""Tests for elasticvit_tf.flops_tables: vectorised FLOPs, proposal, tables and their cache."""
+"""Tests for elasticvit_tf.sampling.level_tables: vectorised FLOPs, proposal, tables and their cache."""
 
 import dataclasses
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from elasticvit_tf import flops_tables as ft
 from elasticvit_tf.flops import count_flops
+from elasticvit_tf.sampling import level_tables as ft
 from elasticvit_tf.space import get_published_arch, get_space
 
 

@@ -5,7 +5,7 @@ Every sampler returns, once per training step, a ``StepSample`` holding ``num_su
 one role per slot. The LAST slot is the "min"/distilled subnet whenever its role is ``"min"``:
 the train step distils it against the mean prediction of the other slots.
 
-Samplers (``make_sampler(name, space, seed, **cfg)``):
+Samplers (``registry.make_sampler(name, space, seed, **cfg)``):
   * ``uniform``: ``num_subnets`` uniform block-wise subnets, roles all ``"uniform"``.
   * ``sandwich``: max + random + ... + min (BigNAS / AlphaNet baseline).
   * ``complexity_aware``: FLOPs levels with an adjacent-step lazy random walk
@@ -21,8 +21,8 @@ back with ``update_scores`` (score = -cross-entropy on the batch, higher is bett
 State (RNG, level, banks, schedule, counters) round-trips through JSON with
 ``get_state``/``set_state`` so that a resumed run samples exactly the same sequence.
 
-The FLOPs-level samplers live in ``level_samplers`` (re-exported here); the FLOPs-level
-tables in ``flops_tables``.
+The FLOPs-level samplers live in ``level_samplers``, their FLOPs-level tables in
+``level_tables``; ``registry.make_sampler`` builds any of them by name.
 """
 
 from __future__ import annotations
@@ -119,6 +119,11 @@ class Sampler:
         self.epoch = 0  # number of end_epoch() calls so far
 
     # ------------------------------------------------------------------------ public API
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The role of each slot, the same at every step (the train step is traced for it)."""
+        raise NotImplementedError
+
     def sample_step(self) -> StepSample:
         """Samples the subnets of the next training step."""
         sample = self._sample_step()
@@ -230,9 +235,13 @@ class UniformSampler(Sampler):
 
     name = "uniform"
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return ("uniform",) * self.num_subnets
+
     def _sample_step(self) -> StepSample:
         archs = tuple(self.space.sample(self._rng) for _ in range(self.num_subnets))
-        return StepSample(archs, ("uniform",) * self.num_subnets, None)
+        return StepSample(archs, self.roles, None)
 
 
 class SandwichSampler(Sampler):
@@ -241,51 +250,11 @@ class SandwichSampler(Sampler):
     name = "sandwich"
     min_subnets = 2
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return ("max",) + ("random",) * (self.num_subnets - 2) + ("min",)
+
     def _sample_step(self) -> StepSample:
         rand = tuple(self.space.sample(self._rng) for _ in range(self.num_subnets - 2))
         archs = (self.space.max_arch(),) + rand + (self.space.min_arch(),)
-        roles = ("max",) + ("random",) * len(rand) + ("min",)
-        return StepSample(archs, roles, None)
-
-
-# ------------------------------------------------------------------------------- registry
-SAMPLER_NAMES = ("uniform", "sandwich", "complexity_aware", "performance_aware", "elasticvit")
-_LEVEL_SAMPLERS = {
-    "complexity_aware": "ComplexityAwareSampler",
-    "performance_aware": "PerformanceAwareSampler",
-    "elasticvit": "ElasticViTSampler",
-}
-
-
-def _sampler_class(name: str) -> type:
-    if name == "uniform":
-        return UniformSampler
-    if name == "sandwich":
-        return SandwichSampler
-    # Imported here: level_samplers builds on this module's base classes.
-    from elasticvit_tf import level_samplers
-
-    return getattr(level_samplers, _LEVEL_SAMPLERS[name])
-
-
-def __getattr__(name: str):
-    """Re-exports the level samplers: ``samplers.ElasticViTSampler`` etc."""
-    if name in _LEVEL_SAMPLERS.values():
-        from elasticvit_tf import level_samplers
-
-        return getattr(level_samplers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def make_sampler(name: str, space: SearchSpace, seed: int, **cfg) -> Sampler:
-    """Builds a sampler by name: one of ``SAMPLER_NAMES``; ``cfg`` goes to its constructor.
-
-    Raises:
-        ValueError: unknown name (the message lists the known ones) or bad configuration.
-    """
-    if name not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {list(SAMPLER_NAMES)}")
-    try:
-        return _sampler_class(name)(space, seed, **cfg)
-    except TypeError as e:
-        raise ValueError(f"sampler {name!r}: bad configuration {sorted(cfg)}: {e}") from None
+        return StepSample(archs, self.roles, None)

@@ -1,0 +1,6 @@
+"""Subnet sampling for supernet training (docs/method.md#samplers).
+
+``samplers`` (the common API and the baselines), ``level_samplers`` (complexity-aware,
+performance-aware, ElasticViT), ``level_tables`` (FLOPs-level tables) and ``registry``
+(``make_sampler`` by name, ``read_sampler_state``).
+"""
