@@ -368,3 +368,25 @@ def test_default_sampler_touches_no_disk(tmp_path, monkeypatch):
     resumed.set_state(state)  # rebuilds the tables in memory for an exact resume
     assert _drive(resumed, 10) == _drive(s, 10)
     assert not any(tmp_path.iterdir())
+
+
+def test_p_bank_schedule_scaled_to_the_run_length():
+    space = get_space("tiny")
+    s = registry.make_sampler("elasticvit", space, 0, total_steps=61, tables="none")
+    assert s.p_bank_every_steps == 10  # round(61 * 100 / 610)
+    seen = []
+    for _ in range(61):
+        s.sample_step()
+        seen.append(s.p_bank)
+    assert seen[0] == seen[9] == pytest.approx(0.2) and seen[10] == pytest.approx(0.35)
+    assert seen[-1] == pytest.approx(0.2 + 6 * 0.15)  # the official six increments
+    state = json.loads(json.dumps(s.get_state()))
+    twin = registry.make_sampler("elasticvit", space, 5, total_steps=61, tables="none")
+    twin.set_state(state)
+    assert twin.p_bank == s.p_bank
+    # an explicit period in the sampler's arguments overrides the scaled one
+    own = registry.make_sampler(
+        "elasticvit", space, 0, total_steps=61, tables="none", p_bank_every_epochs=3
+    )
+    assert own.p_bank_every_steps is None and own.p_bank_every_epochs == 3
+    assert registry.make_sampler("uniform", space, 0, total_steps=61).get_config()["seed"] == 0

@@ -142,6 +142,24 @@ def test_fit_traces_once_while_archs_change_and_reports_per_batch_ce():
         assert s["loss"] == pytest.approx(sum(s[f"loss_slot{i}"] for i in range(4)), rel=1e-5)
 
 
+def test_inplace_distillation_from_the_max_subnet():
+    net = _SlotNet()
+    net.set_archs([3, 1, 2, 1])
+    trainer = _trainer(net)
+    trainer.set_roles(("max", "random", "random", "min"), "from_max")
+    x, y = _data(seed=5)
+    p_max = tf.nn.softmax(net(x, slot=0))
+    want = [float(losses.label_smoothed_cross_entropy(y, net(x, slot=0), 0.1))]
+    want += [float(losses.soft_target_cross_entropy(p_max, net(x, slot=s))) for s in (1, 2, 3)]
+    logs = trainer.train_step((tf.constant(x), tf.constant(y)))
+    for s in range(4):
+        assert float(logs[f"loss_slot{s}"]) == pytest.approx(want[s], rel=1e-5)
+    with pytest.raises(ValueError, match="slot 0"):
+        trainer.set_roles(("random", "max", "random", "min"), "from_max")
+    with pytest.raises(ValueError, match="distillation"):
+        trainer.set_roles(("uniform",) * 4, "sometimes")
+
+
 def test_set_roles_checks_slot_count():
     trainer = _trainer(_SlotNet())
     with pytest.raises(ValueError, match="num_slots=4"):

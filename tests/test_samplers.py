@@ -25,7 +25,7 @@ def _run(sampler, n):
 @pytest.mark.parametrize("space_name", ["tiny", "demo", "elasticvit"])
 def test_every_sample_in_space(name, space_name):
     space = get_space(space_name)
-    cfg = {} if name in ("uniform", "sandwich") else {"tables": "none"}
+    cfg = {} if name in ("uniform", "sandwich", "sandwich_ce") else {"tables": "none"}
     s = registry.make_sampler(name, space, seed=3, **cfg)
     for _ in range(20 if space_name != "elasticvit" else 5):
         step = s.sample_step()
@@ -143,7 +143,7 @@ def test_registry_knows_every_sampler_and_samplers_do_not_import_it():
 @pytest.mark.parametrize("name", ALL)
 def test_roles_property_matches_every_step(name):
     space = get_space("tiny")
-    cfg = {} if name in ("uniform", "sandwich") else {"tables": "none"}
+    cfg = {} if name in ("uniform", "sandwich", "sandwich_ce") else {"tables": "none"}
     s = registry.make_sampler(name, space, seed=2, **cfg)
     roles = s.roles
     assert s.step == 0  # reading the roles does not advance the sampler
@@ -153,7 +153,7 @@ def test_roles_property_matches_every_step(name):
 @pytest.mark.parametrize("name", ALL)
 def test_get_config_rebuilds_an_equal_sampler(name):
     space = get_space("tiny")
-    cfg = {} if name in ("uniform", "sandwich") else {"tables": "none"}
+    cfg = {} if name in ("uniform", "sandwich", "sandwich_ce") else {"tables": "none"}
     s = registry.make_sampler(name, space, seed=4, **cfg)
     config = json.loads(json.dumps(s.get_config()))
     assert config["name"] == name and config["space"] == "tiny" and config["seed"] == 4

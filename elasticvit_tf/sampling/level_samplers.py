@@ -18,7 +18,8 @@ and fix the official code's bugs, each fix noted where it is made:
     the training bin itself.
 Other choices: a bank holds each arch once (a re-scored arch gets its new score instead of a
 duplicate entry); the out-of-bin cleanup the official loop does at batch 0 is done in
-``end_epoch``; re-scoring is offered (``archs_to_rescore``) but left to the training loop.
+``end_epoch``; the training loop re-scores the archs ``archs_to_rescore`` names (the bank
+refresh, ``train.callbacks.SamplerCallback``).
 """
 
 from __future__ import annotations
@@ -297,6 +298,8 @@ def _checksum(table: ft.FlopsTable) -> int:
 
 
 # ------------------------------------------------------------------- performance-aware
+OFFICIAL_EPOCHS = 610  # 600 cosine + 10 cool-down
+OFFICIAL_P_BANK_EVERY_EPOCHS = 100
 # Official bank sizes: 150 per level below the "big" level (the 5th, 500 MFLOPs), 50 from it
 # on. The small presets train for far fewer steps, so their banks are smaller.
 _BANK_DEFAULTS = {"elasticvit": (150, 50), "demo": (40, 20), "tiny": (12, 8)}
@@ -321,7 +324,10 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         p_bank: initial bank-sampling probability (0.2).
         p_bank_inc: added at the start of every epoch e with (e + 1) % p_bank_every_epochs == 0
             (0.15).
-        p_bank_every_epochs: 100 officially; expose fewer for short runs.
+        p_bank_every_epochs: 100 officially (of 610 epochs).
+        p_bank_every_steps: if set, ``p_bank_inc`` is added every that many steps instead
+            (step s uses ``p_bank + p_bank_inc * (s // p_bank_every_steps)``);
+            ``run_length_defaults(total_steps)`` scales the official schedule to a run.
         num_candidates: candidates compared by the preference rule (5).
         bank_temperature: softmax temperature of bank sampling (1.0).
         rescore: ``"official"`` (every bank at batch 0, the step level's bank at 3 evenly spaced
@@ -343,7 +349,8 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         big_level: Union[float, str, None] = "default",
         p_bank: float = 0.2,
         p_bank_inc: float = 0.15,
-        p_bank_every_epochs: int = 100,
+        p_bank_every_epochs: int = OFFICIAL_P_BANK_EVERY_EPOCHS,
+        p_bank_every_steps: Optional[int] = None,
         num_candidates: int = 5,
         bank_temperature: float = 1.0,
         rescore: str = "official",
@@ -359,6 +366,7 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         self.p_bank_init = float(p_bank)
         self.p_bank_inc = float(p_bank_inc)
         self.p_bank_every_epochs = int(p_bank_every_epochs)
+        self.p_bank_every_steps = None if p_bank_every_steps is None else int(p_bank_every_steps)
         self.num_candidates = int(num_candidates)
         self.bank_temperature = float(bank_temperature)
         self.rescore = rescore
@@ -366,6 +374,7 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
             ("bank_size", self.bank_size, 1),
             ("big_bank_size", self.big_bank_size, 1),
             ("p_bank_every_epochs", self.p_bank_every_epochs, 1),
+            ("p_bank_every_steps", self.p_bank_every_steps or 1, 1),
             ("num_candidates", self.num_candidates, 1),
         ):
             if v < lo:
@@ -390,6 +399,7 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
             p_bank=self.p_bank_init,
             p_bank_inc=self.p_bank_inc,
             p_bank_every_epochs=self.p_bank_every_epochs,
+            p_bank_every_steps=self.p_bank_every_steps,
             num_candidates=self.num_candidates,
             bank_temperature=self.bank_temperature,
             rescore=self.rescore,
@@ -402,7 +412,19 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         big = self.big_level is not None and f >= self.big_level
         return self.big_bank_size if big else self.bank_size
 
+    @classmethod
+    def run_length_defaults(cls, total_steps: int, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The official ``p_bank`` schedule (+0.15 every 100 of 610 epochs) scaled to a run of
+        ``total_steps`` steps: ``p_bank_every_steps = round(total_steps * 100 / 610)``; none
+        when ``cfg`` sets a period itself."""
+        if "p_bank_every_epochs" in cfg or "p_bank_every_steps" in cfg:
+            return {}
+        every = round(total_steps * OFFICIAL_P_BANK_EVERY_EPOCHS / OFFICIAL_EPOCHS)
+        return {"p_bank_every_steps": max(1, int(every))}
+
     def _p_bank_at(self, epoch: int) -> float:
+        if self.p_bank_every_steps is not None:
+            return self.p_bank_init + self.p_bank_inc * (self.step // self.p_bank_every_steps)
         return self.p_bank_init + self.p_bank_inc * ((epoch + 1) // self.p_bank_every_epochs)
 
     def bank_sizes(self) -> dict[float, int]:
@@ -496,6 +518,11 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
                 wide = wide.replace_stage(j, width=anchor.stages[j].width)
                 deep = deep.replace_stage(j, depth=anchor.stages[j].depth)
         return count_flops(self.space, wide) - count_flops(self.space, deep)
+
+    def _sample_step(self) -> StepSample:
+        if self.p_bank_every_steps is not None:
+            self.p_bank = self._p_bank_at(self.epoch)
+        return super()._sample_step()
 
     def _sample_level_arch(self, level_index: int) -> tuple[ArchConfig, bool]:
         bank = self.banks[level_index]

@@ -2,12 +2,15 @@
 
 Every sampler returns, once per training step, a ``StepSample`` holding ``num_subnets`` archs
 (4 by default for every sampler, so that ablations compare equal forward/backward budgets) and
-one role per slot. The LAST slot is the "min"/distilled subnet whenever its role is ``"min"``:
-the train step distils it against the mean prediction of the other slots.
+one role per slot (``roles``, fixed per sampler). ``distillation`` tells the train step which
+slots learn from which: the last, ``"min"`` slot from the mean prediction of the others
+(``"min_from_mean"``), every slot from the max subnet in slot 0 (``"from_max"``), or none.
 
 Samplers (``registry.make_sampler(name, space, seed, **cfg)``):
   * ``uniform``: ``num_subnets`` uniform block-wise subnets, roles all ``"uniform"``.
-  * ``sandwich``: max + random + ... + min (BigNAS / AlphaNet baseline).
+  * ``sandwich``: max + random + ... + min with in-place distillation from the max subnet
+    (BigNAS baseline); ``sandwich_ce``: the same subnets, max and random ones trained on the
+    labels, the min one distilled from the mean of the others.
   * ``complexity_aware``: FLOPs levels with an adjacent-step lazy random walk
     (docs/method.md#complexity-aware-sampling); ``num_subnets - 1`` subnets sampled in the level's
     bin + the level's min subnet.
@@ -123,6 +126,21 @@ class Sampler:
     def roles(self) -> tuple[str, ...]:
         """The role of each slot, the same at every step (the train step is traced for it)."""
         raise NotImplementedError
+
+    @property
+    def distillation(self) -> str:
+        """How the train step distils between the step's subnets (docs/method.md#training-step):
+        ``"min_from_mean"`` (the last, ``"min"`` slot from the mean of the others), ``"from_max"``
+        (every slot after the first from the max subnet in slot 0) or ``"none"``."""
+        return "min_from_mean" if self.roles[-1] == "min" else "none"
+
+    @classmethod
+    def run_length_defaults(cls, total_steps: int, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments that scale the sampler's schedule to a run of ``total_steps``
+        steps, given the caller's own arguments ``cfg`` (none for samplers without a
+        schedule)."""
+        del total_steps, cfg
+        return {}
 
     def sample_step(self) -> StepSample:
         """Samples the subnets of the next training step."""
@@ -245,7 +263,9 @@ class UniformSampler(Sampler):
 
 
 class SandwichSampler(Sampler):
-    """BigNAS / AlphaNet sandwich rule: max + (num_subnets - 2) random + min (last slot)."""
+    """BigNAS sandwich rule with in-place distillation: max + (num_subnets - 2) random + min
+    (last slot); the max subnet learns from the labels (or teachers), every other slot from the
+    max subnet's predictions."""
 
     name = "sandwich"
     min_subnets = 2
@@ -254,7 +274,23 @@ class SandwichSampler(Sampler):
     def roles(self) -> tuple[str, ...]:
         return ("max",) + ("random",) * (self.num_subnets - 2) + ("min",)
 
+    @property
+    def distillation(self) -> str:
+        return "from_max"
+
     def _sample_step(self) -> StepSample:
         rand = tuple(self.space.sample(self._rng) for _ in range(self.num_subnets - 2))
         archs = (self.space.max_arch(),) + rand + (self.space.min_arch(),)
         return StepSample(archs, self.roles, None)
+
+
+class SandwichCESampler(SandwichSampler):
+    """The same subnets as ``sandwich``; max and random subnets learn from the labels (or
+    teachers), the min subnet from the mean of the others (the ElasticViT step's
+    distillation)."""
+
+    name = "sandwich_ce"
+
+    @property
+    def distillation(self) -> str:
+        return "min_from_mean"

@@ -30,12 +30,14 @@ class RunState:
         steps_per_epoch: steps in one epoch.
         global_batch_size: images per step over all replicas.
         is_chief: whether this worker writes logs and the real checkpoints.
+        rescore_batches: training batches consumed by ``BankScorer`` so far.
     """
 
     step: int = 0
     steps_per_epoch: int = 1
     global_batch_size: int = 1
     is_chief: bool = True
+    rescore_batches: int = 0  # batches consumed by the bank refresh (saved with the data state)
     first_step_seconds: Optional[float] = None  # includes tracing the train step
     steady_seconds: float = 0.0  # time in steps after the first one of this process
     steady_steps: int = 0
@@ -68,6 +70,54 @@ class StepCounter(keras.callbacks.Callback):
             self.state.steady_steps += 1
 
 
+class BankScorer:
+    """Bank-refresh scores (docs/method.md#performance-aware-sampling): -CE of each arch on one
+    training batch, a no-grad forward in train mode as the training step's own ``ce_slot``
+    scores (BN batch statistics), averaged over all replicas so that every worker's sampler
+    receives the same scores.
+
+    Args:
+        net: the supernet (slot 0 is used and left holding the last scored arch: the caller
+            writes the step's archs afterwards).
+        strategy: the ``tf.distribute`` strategy the supernet lives under.
+        batches: callable ``skip -> iterator`` of distributed training batches, ``skip``
+            batches in (the refresh's own pipeline, the same on every worker).
+        state: ``RunState``; ``rescore_batches`` counts the batches taken (a resumed run
+            continues the pipeline where it stopped).
+    """
+
+    def __init__(self, net, strategy, batches: Callable, state: RunState):
+        self.net = net
+        self.strategy = strategy
+        self.batches = batches
+        self.state = state
+        self._it = None
+
+        @tf.function(reduce_retracing=True)
+        def _ce(x, y):
+            logits = tf.cast(self.net(x, training=True, slot=0), tf.float32)
+            y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+            return tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            )
+
+        self._ce = _ce
+
+    def __call__(self, archs) -> list[float]:
+        if self._it is None:
+            self._it = iter(self.batches(self.state.rescore_batches))
+        x, y = next(self._it)[:2]
+        self.state.rescore_batches += 1
+        scores = []
+        for arch in archs:
+            self.net.set_arch(arch, 0)
+            ce = self.strategy.reduce(
+                tf.distribute.ReduceOp.MEAN, self.strategy.run(self._ce, (x, y)), axis=None
+            )
+            scores.append(-float(ce))
+        return scores
+
+
 class SamplerCallback(keras.callbacks.Callback):
     """Samples the step's subnets on the host and writes them into the supernet's arch slots.
 
@@ -77,25 +127,41 @@ class SamplerCallback(keras.callbacks.Callback):
     (subnets drawn from a bank and the distilled min subnet are not re-scored,
     docs/method.md#performance-aware-sampling). ``on_epoch_end``: ``sampler.end_epoch()``.
 
+    Bank refresh, as the official loop: after ``sample_step``, the archs the sampler names in
+    ``archs_to_rescore(batch in epoch, steps_per_epoch)`` (every bank at an epoch's first batch,
+    the step level's bank at the three quarter-epoch points) are re-scored by ``scorer`` and
+    fed back with ``update_scores`` before the step's archs are written.
+
     Args:
         sampler: a ``sampling.samplers.Sampler``.
         net: the supernet.
         trainer: the ``SupernetTrainer`` (its role layout is checked every step).
         arch_log: optional path of a JSON-lines file receiving ``{step, level, archs}``.
-        state: ``RunState`` (step numbers for the arch log).
+        state: ``RunState`` (step numbers for the arch log and the refresh schedule).
+        scorer: ``archs -> scores`` for the bank refresh (a ``BankScorer``); None: no refresh.
     """
 
-    def __init__(self, sampler, net, trainer=None, arch_log: Optional[str] = None, state=None):
+    def __init__(
+        self,
+        sampler,
+        net,
+        trainer=None,
+        arch_log: Optional[str] = None,
+        state=None,
+        scorer: Optional[Callable] = None,
+    ):
         super().__init__()
         self.sampler = sampler
         self.net = net
         self.trainer = trainer
         self.arch_log = arch_log
         self.state = state
+        self.scorer = scorer
         self.current = None
+        self.refreshed = 0  # archs re-scored by this process
         self._roles = sampler.roles
         if trainer is not None:
-            trainer.set_roles(self._roles)
+            trainer.set_roles(self._roles, sampler.distillation)
 
     def on_train_batch_begin(self, batch, logs=None):
         sample = self.sampler.sample_step()
@@ -104,6 +170,12 @@ class SamplerCallback(keras.callbacks.Callback):
                 f"sampler roles changed from {self._roles} to {sample.roles}; the train step "
                 "is traced for a fixed role layout"
             )
+        if self.scorer is not None and self.state is not None:
+            spe = self.state.steps_per_epoch
+            archs = self.sampler.archs_to_rescore(self.state.step % spe, spe)
+            if archs:
+                self.sampler.update_scores(list(zip(archs, self.scorer(archs))))
+                self.refreshed += len(archs)
         self.net.set_archs(sample.archs)
         self.current = sample
         if self.arch_log:
@@ -351,7 +423,14 @@ class CheckpointCallback(keras.callbacks.Callback):
             return None
         self.step_var.assign(self.state.step)
         self.sampler_var.assign(json.dumps(self.sampler.get_state()))
-        self.data_var.assign(json.dumps({"batches_consumed": self.state.step}))
+        self.data_var.assign(
+            json.dumps(
+                {
+                    "batches_consumed": self.state.step,
+                    "rescore_batches_consumed": self.state.rescore_batches,
+                }
+            )
+        )
         path = self.manager.save(checkpoint_number=self.state.step)
         self.last_saved = self.state.step
         if self.after_save is not None:

@@ -8,8 +8,12 @@
 2. for every slot ``i``: forward at the slot's resolution, the slot's loss, gradients of that
    loss (summed over slots):
 
-   * the LAST slot, when the sampler's last role is ``"min"``: adaptive alpha-divergence
-     against the mean of the other slots' (stopped) probabilities;
+   * distillation ``"min_from_mean"`` (the ElasticViT recipe; the sampler's last role is
+     ``"min"``): the LAST slot, adaptive alpha-divergence against the mean of the other slots'
+     (stopped) probabilities;
+   * distillation ``"from_max"`` (BigNAS in-place distillation; slot 0 is the max subnet):
+     every slot after the first, soft-target CE against the max subnet's (stopped)
+     probabilities;
    * every other slot: soft-target CE against ``p_T`` with teachers, else label-smoothed CE;
 
 3. the summed gradient is averaged over replicas, clipped with unit-wise AGC, and applied once
@@ -22,18 +26,20 @@ The step returns per-batch values (not running means): ``ce_slot{i}`` (hard-labe
 ``grad_cos_step`` (cosine between this step's and the previous step's update direction).
 
 The archs are read from int32 variables inside the graph, so one trace serves every subnet;
-only a change of the role layout (whether the last slot distils) needs a new trace.
+only a change of the role layout or the distillation needs a new trace.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 from elasticvit_tf.model_dir import EmaWeights, ema_source_variables
 from elasticvit_tf.train import losses, optim
+
+DISTILLATIONS = ("none", "min_from_mean", "from_max")
 
 
 class SupernetTrainer(keras.Model):
@@ -76,7 +82,7 @@ class SupernetTrainer(keras.Model):
         self.grad_cosine = bool(grad_cosine)
         self.num_slots = int(net.num_slots)
         _allow_tensor_slot(net)
-        self.distill_last = True
+        self.distillation = "min_from_mean"
         self.trace_count = 0  # Python side effect: counts traces of train_step
         for t in self.teachers:
             t.trainable = False
@@ -100,15 +106,27 @@ class SupernetTrainer(keras.Model):
         self.built = True
 
     # ------------------------------------------------------------------------------ roles
-    def set_roles(self, roles: Sequence[str]) -> None:
-        """Records the sampler's role layout (fixed per sampler: traced once)."""
+    def set_roles(self, roles: Sequence[str], distillation: Optional[str] = None) -> None:
+        """Records the sampler's role layout and distillation (``Sampler.distillation``; None:
+        ``"min_from_mean"`` when the last role is ``"min"``, else ``"none"``). Fixed per
+        sampler: traced once."""
         roles = tuple(roles)
         if len(roles) != self.num_slots:
             raise ValueError(
                 f"the sampler yields {len(roles)} subnets per step but the supernet has "
                 f"num_slots={self.num_slots}; expected equal"
             )
-        self.distill_last = self.num_slots > 1 and roles[-1] == "min"
+        if distillation is None:
+            distillation = "min_from_mean" if roles[-1] == "min" else "none"
+        if distillation not in DISTILLATIONS:
+            raise ValueError(f"distillation={distillation!r}; expected one of {DISTILLATIONS}")
+        if distillation == "from_max" and roles[0] != "max":
+            raise ValueError(f"distillation 'from_max' needs the max subnet in slot 0; got {roles}")
+        self.distillation = distillation if self.num_slots > 1 else "none"
+
+    @property
+    def distill_last(self) -> bool:
+        return self.distillation == "min_from_mean"
 
     @property
     def metrics(self):
@@ -157,10 +175,12 @@ class SupernetTrainer(keras.Model):
                 return losses.soft_target_cross_entropy(teacher, logits)
             return losses.label_smoothed_cross_entropy(labels, logits, self.label_smoothing)
 
-        if not self.distill_last:
+        if self.distillation == "none":
             return base()
 
         def distill():
+            if self.distillation == "from_max":  # prob_sum holds the max subnet's alone
+                return losses.soft_target_cross_entropy(tf.stop_gradient(prob_sum), logits)
             target = tf.stop_gradient(prob_sum / float(self.num_slots - 1))
             return losses.adaptive_alpha_divergence(logits, target)
 
@@ -181,14 +201,18 @@ class SupernetTrainer(keras.Model):
         # supernet forward/backward is traced once instead of once per slot (tracing and graph
         # optimisation of the dynamic supernet dominate start-up time on CPU).
         def body(i, total, prev, prob_sum, cos_sum, ce_arr, loss_arr):
-            is_distill = tf.logical_and(tf.constant(self.distill_last), tf.equal(i, last))
+            if self.distillation == "from_max":
+                is_distill = i > 0
+                keep = tf.cast(tf.equal(i, 0), tf.float32)  # the target: max's probabilities
+            else:
+                is_distill = tf.logical_and(tf.constant(self.distill_last), tf.equal(i, last))
+                keep = tf.cast(tf.logical_not(is_distill), tf.float32)
             with tf.GradientTape() as tape:
                 logits = tf.cast(self.net(images, training=True, slot=i), tf.float32)
                 loss = self._slot_loss(is_distill, logits, labels, teacher, prob_sum)
                 scaled = loss / n_rep
             grads = tape.gradient(scaled, variables)
             grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-            keep = tf.cast(tf.logical_not(is_distill), tf.float32)
             prob_sum = prob_sum + keep * tf.stop_gradient(tf.nn.softmax(logits))
             ce = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)

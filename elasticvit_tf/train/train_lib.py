@@ -499,7 +499,12 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     resume = _check_existing(config.model_dir, run_config, space)
     teachers = recipe.load_teachers(config.teacher, info.num_classes)
     sampler = make_sampler(
-        config.sampler, space, config.seed, num_subnets=config.num_subnets, **config.sampler_kwargs
+        config.sampler,
+        space,
+        config.seed,
+        total_steps=total_steps,
+        num_subnets=config.num_subnets,
+        **config.sampler_kwargs,
     )
 
     keras.utils.set_random_seed(config.seed)
@@ -546,6 +551,8 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
         ckpt.restore(path).assert_existing_objects_matched()
         state.step = int(step_var.numpy())
         sampler.set_state(json.loads(sampler_var.numpy().decode()))
+        data_state = json.loads(data_var.numpy().decode() or "{}")
+        state.rescore_batches = int(data_state.get("rescore_batches_consumed", 0))
         print(f"resumed from {path} at step {state.step}", flush=True)
     resumed_from = state.step
 
@@ -595,8 +602,31 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     # ---------------------------------------------------------------- callbacks
     tb = md.tensorboard_dir(config.model_dir)
     arch_log = os.path.join(config.model_dir, "arch_log.jsonl") if config.log_archs else None
+
+    def rescore_batches(skip):
+        # The bank refresh's own pipeline, sharded as the training data; BankScorer averages
+        # the scores over all replicas, so every worker's sampler gets the same ones.
+        def fn(ctx):
+            ds = data_lib.make_dataset(
+                data_cfg,
+                "train",
+                config.batch_size,
+                training=True,
+                repeat=True,
+                seed=config.seed + 2,
+                input_context=ctx,
+            )
+            return ds.skip(skip * per_pipeline)
+
+        return strategy.distribute_datasets_from_function(fn)
+
     sampler_cb = cb.SamplerCallback(
-        sampler, net, trainer, arch_log=arch_log if is_chief else None, state=state
+        sampler,
+        net,
+        trainer,
+        arch_log=arch_log if is_chief else None,
+        state=state,
+        scorer=cb.BankScorer(net, strategy, rescore_batches, state),
     )
     evaluator = cb.SubnetEvaluator(
         net, trainer.ema, calib_dataset, eval_dataset, config.calib_batches

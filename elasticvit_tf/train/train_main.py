@@ -45,7 +45,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps_per_epoch", None, "Default: train examples // batch_size.")
     flags.DEFINE_integer("batch_size", d.batch_size, "Global batch size (all replicas).")
     flags.DEFINE_string(
-        "sampler", d.sampler, "uniform, sandwich, complexity_aware, performance_aware, elasticvit."
+        "sampler",
+        d.sampler,
+        "uniform, sandwich (BigNAS, in-place distillation), sandwich_ce, complexity_aware, "
+        "performance_aware, elasticvit.",
     )
     flags.DEFINE_string("sampler_kwargs", "{}", "JSON dict of extra sampler arguments.")
     flags.DEFINE_integer("num_subnets", d.num_subnets, "Subnets per step (supernet slots).")
