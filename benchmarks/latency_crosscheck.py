@@ -42,6 +42,7 @@ def main(argv):
     net = ElasticSupernet(space, num_classes=space.num_classes, num_slots=1)
     rng = np.random.default_rng(FLAGS.seed)
     rows = []
+    timing = lut_builder.MeasureConfig(1, 5, 30, 0.05, sessions=1, clock=FLAGS.clock)
     for _ in range(FLAGS.num_archs):
         arch = space.sample(rng)
         chain = lut_builder.convert_for_latency(build_arch_model(space, arch), "fp32")
@@ -49,7 +50,7 @@ def main(argv):
         t = {"chain": [], "extracted": []}
         for _ in range(3):
             for name, tfl in (("chain", chain), ("extracted", extracted)):
-                t[name].append(lut_builder.time_tflite(tfl, 1, 5, 30, 0.05, FLAGS.clock))
+                t[name].append(lut_builder.time_model(tfl, timing))
         c = min(r["median_ms"] for r in t["chain"])
         e = min(r["median_ms"] for r in t["extracted"])
         rows.append({"arch": arch.key(), "chain_ms": c, "extracted_ms": e, "ratio": e / c})

@@ -30,10 +30,12 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from elasticvit_tf import get_space  # noqa: E402
+from elasticvit_tf import lut as lut_lib  # noqa: E402
 from elasticvit_tf.export import lut_builder  # noqa: E402
 from elasticvit_tf.export.lut_blocks import build_arch_model  # noqa: E402
 from elasticvit_tf.flops import count_flops  # noqa: E402
-from elasticvit_tf.search.latency import FlopsProxyPredictor, load_predictor  # noqa: E402
+from elasticvit_tf.lut import load_predictor  # noqa: E402
+from elasticvit_tf.search.latency import FlopsProxyPredictor  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -156,7 +158,9 @@ def run_one(space, mode, result, save):
         "subnets": [],
     }
     result["runs"].append(rec)
-    cfg = lut_builder.MeasureConfig(FLAGS.num_threads, FLAGS.warmup, FLAGS.runs, 0.05)
+    timing = lut_builder.MeasureConfig(
+        FLAGS.num_threads, FLAGS.warmup, FLAGS.runs, 0.05, sessions=1, clock=FLAGS.clock
+    )
     tmp = tempfile.mkdtemp(prefix="latbench_")
     files = []
     for i, a in enumerate(archs):
@@ -167,12 +171,7 @@ def run_one(space, mode, result, save):
         with open(path, "wb") as f:
             f.write(tfl)
         files.append(path)
-        sess = [
-            lut_builder.time_tflite(
-                tfl, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s, FLAGS.clock
-            )
-            for _ in range(FLAGS.repeats)
-        ]
+        sess = [lut_builder.time_model(tfl, timing) for _ in range(FLAGS.repeats)]
         st = min(sess, key=lambda r: r["median_ms"])
         del tfl
         rec["subnets"].append(
@@ -197,9 +196,7 @@ def run_one(space, mode, result, save):
     for _ in range(FLAGS.late_repeats):  # later passes: slow drift of the machine's load
         for s, path in zip(rec["subnets"], files):
             with open(path, "rb") as f:
-                st = lut_builder.time_tflite(
-                    f.read(), cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s, FLAGS.clock
-                )
+                st = lut_builder.time_model(f.read(), timing)
             s["sessions_ms"].append(st["median_ms"])
             s["within_cv"].append(st["robust_cv"])
         summarize(rec)
@@ -282,7 +279,7 @@ def main(argv):
         print_table(result)
         return 0
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    prov = lut_builder.provenance("local", lut_builder.MeasureConfig(FLAGS.num_threads))
+    prov = lut_lib.provenance("local", FLAGS.num_threads, FLAGS.warmup, FLAGS.runs, FLAGS.clock)
     day = prov["date"][:10].replace("-", "")
     out = os.path.join(
         FLAGS.output_dir,

@@ -1,8 +1,8 @@
 """Static subnet extraction and BatchNorm recalibration (docs/method.md#bn-recalibration,
 docs/design.md#resize-and-bn-recalibration).
 
-``extract_subnet(net, arch)`` walks the supernet's stages and asks every active dynamic block
-for its static twin (``to_static``): a plain functional ``keras.Model`` with a fixed
+``extract_subnet(net, arch)`` walks the arch's block plan (``blocks.placed_plan``) and asks every
+active dynamic block for its static twin (``to_static``): a plain functional ``keras.Model`` with a fixed
 ``(r, r, 3)`` input (no resize inside), standard Keras layers plus the two registered custom
 layers of ``layers.static_layers``, weights copied from the supernet slices.
 
@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from elasticvit_tf.arch import ArchConfig
+from elasticvit_tf.blocks import BlockKind, placed_plan
 from elasticvit_tf.layers.resize import resize_images
 
 
@@ -33,53 +34,65 @@ def extract_subnet(net, arch: ArchConfig | None = None, name: str | None = None)
         )
     if arch is None:
         arch = net.get_arch(0)
-    sp = net.space
-    sp.validate_arch(arch)
-    r = arch.resolution
-    inputs = keras.Input((r, r, 3), name="image")
-    x = net.first_conv.to_static(inputs, arch.stem.width, "first_conv")
-    for j in range(arch.stem.depth):
-        x = net.stem_blocks[j].to_static(
-            x, arch.stem.width, f"stem_block{j}", kernel=arch.stem.kernel
-        )
-    side = None
-    for i, (st, sa, blocks) in enumerate(zip(sp.stages, arch.stages, net.stages)):
-        if st.is_transformer and side is None:
-            side = int(x.shape[1])
-            x = keras.layers.Reshape((side * side, int(x.shape[-1])), name="to_tokens")(x)
-        for j in range(sa.depth):
-            if st.is_transformer:
-                x, side = blocks[j].to_static(
-                    x, side, sa.width, sa.mlp_ratio, sa.v_scale, f"stage{i}_layer{j}"
-                )
-            else:
-                x = blocks[j].to_static(
-                    x, sa.width, f"stage{i}_block{j}", expand=sa.expand_ratio, kernel=sa.kernel
-                )
-    logits = net.head.to_static(x, "head")
+    placed = placed_plan(net.space, arch)  # validates the arch
+    inputs = keras.Input((arch.resolution, arch.resolution, 3), name="image")
+    x, side = inputs, None
+    for b in placed:
+        spec, kind = b.spec, b.spec.kind
+        if kind is BlockKind.FIRST_CONV:
+            x = net.first_conv.to_static(x, spec.out_channels, b.name)
+        elif kind is BlockKind.STEM_BLOCK:
+            x = net.stem_blocks[b.index].to_static(x, spec.out_channels, b.name, kernel=spec.kernel)
+        elif kind is BlockKind.MBCONV:
+            x = net.stages[b.stage][b.index].to_static(
+                x, spec.out_channels, b.name, expand=spec.expand_ratio, kernel=spec.kernel
+            )
+        elif kind is BlockKind.TRANSITION:  # built by the stage's layer 0, the next block
+            if side is None:
+                side = int(x.shape[1])
+                x = keras.layers.Reshape((side * side, int(x.shape[-1])), name="to_tokens")(x)
+        elif kind is BlockKind.TRANSFORMER:
+            x, side = net.stages[b.stage][b.index].to_static(
+                x, side, spec.out_channels, spec.mlp_ratio, spec.v_scale, b.name
+            )
+        else:
+            x = net.head.to_static(x, b.name)
     if name is None:
         name = "subnet_" + arch.key().replace(".", "_").replace("-", "_")
-    return keras.Model(inputs, logits, name=name)
+    return keras.Model(inputs, x, name=name)
 
 
 def subnet_structure(net, arch: ArchConfig) -> list:
     """The ``static_config`` of every active block, in order (for reports / debugging)."""
-    sp = net.space
-    sides = sp.feature_sides(arch.resolution)
-    out = [net.first_conv.static_config(arch.stem.width)]
-    c = arch.stem.width
-    for j in range(arch.stem.depth):
-        out.append(net.stem_blocks[j].static_config(c, c, kernel=arch.stem.kernel))
-    for i, (st, sa, blocks) in enumerate(zip(sp.stages, arch.stages, net.stages)):
-        for j in range(sa.depth):
-            if st.is_transformer:
-                out.append(
-                    blocks[j].static_config(c, sides[i + 1], sa.width, sa.mlp_ratio, sa.v_scale)
+    out = []
+    cin = None
+    for b in placed_plan(net.space, arch):
+        spec, kind = b.spec, b.spec.kind
+        if kind is BlockKind.FIRST_CONV:
+            out.append(net.first_conv.static_config(spec.out_channels))
+        elif kind is BlockKind.STEM_BLOCK:
+            c = spec.out_channels
+            out.append(net.stem_blocks[b.index].static_config(c, c, kernel=spec.kernel))
+        elif kind is BlockKind.MBCONV:
+            out.append(
+                net.stages[b.stage][b.index].static_config(
+                    spec.in_channels, spec.out_channels, spec.expand_ratio, spec.kernel
                 )
-            else:
-                out.append(blocks[j].static_config(c, sa.width, sa.expand_ratio, sa.kernel))
-            c = sa.width
-    out.append(net.head.static_config(c))
+            )
+        elif kind is BlockKind.TRANSITION:  # part of the stage's layer 0
+            cin = spec.in_channels
+        elif kind is BlockKind.TRANSFORMER:
+            out.append(
+                net.stages[b.stage][b.index].static_config(
+                    cin if b.index == 0 else spec.in_channels,
+                    spec.input_side,
+                    spec.out_channels,
+                    spec.mlp_ratio,
+                    spec.v_scale,
+                )
+            )
+        else:
+            out.append(net.head.static_config(spec.in_channels))
     return out
 
 

@@ -2,9 +2,8 @@
 docs/design.md#one-traced-graph).
 
 The active subnet of each *slot* is a row of one int32 non-trainable variable ``arch``
-(shape ``[num_slots, 4 + 4 * num_stages]``): ``[resolution, stem width, stem depth, stem
-kernel]`` then per stage ``[width, depth, a, b]`` with ``(a, b) = (expand_ratio, kernel)`` for
-conv stages and ``(mlp_ratio, v_scale)`` for transformer stages. Widths, depths (``tf.cond``),
+(shape ``[num_slots, 4 + 4 * num_stages]``), the arch's encoded row (``blocks.arch_row``:
+``[resolution, stem width, stem depth, stem kernel]`` then per stage ``[width, depth, a, b]``). Widths, depths (``tf.cond``),
 kernels (``tf.switch_case``), ratios and the resolution are read from it inside the graph, so
 ``set_arch`` never retraces; ``slot`` is a Python int (one graph branch per slot used).
 
@@ -48,7 +47,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from elasticvit_tf.arch import ArchConfig, StageArch, StemArch
+from elasticvit_tf.arch import ArchConfig
+from elasticvit_tf.blocks import STAGE_COLUMNS, STEM_COLUMNS, arch_row, decode
 from elasticvit_tf.layers.dynamic_blocks import (
     ClassifierHead,
     FirstConv,
@@ -57,32 +57,6 @@ from elasticvit_tf.layers.dynamic_blocks import (
 )
 from elasticvit_tf.layers.resize import RESIZE_METHODS, resize_images
 from elasticvit_tf.space import SearchSpace, get_space
-
-_STEM_FIELDS = 4
-_STAGE_FIELDS = 4
-
-
-def encode_arch(space: SearchSpace, arch: ArchConfig) -> np.ndarray:
-    """The int32 row of ``arch`` (layout in the module docstring)."""
-    row = [arch.resolution, arch.stem.width, arch.stem.depth, arch.stem.kernel]
-    for s in arch.stages:
-        if s.is_transformer:
-            row += [s.width, s.depth, s.mlp_ratio, s.v_scale]
-        else:
-            row += [s.width, s.depth, s.expand_ratio, s.kernel]
-    return np.asarray(row, np.int32)
-
-
-def decode_arch(space: SearchSpace, row: Sequence[int]) -> ArchConfig:
-    row = [int(v) for v in row]
-    stages = []
-    for i, st in enumerate(space.stages):
-        w, d, a, b = row[_STEM_FIELDS + 4 * i : _STEM_FIELDS + 4 * i + 4]
-        if st.is_transformer:
-            stages.append(StageArch(w, d, mlp_ratio=a, v_scale=b))
-        else:
-            stages.append(StageArch(w, d, expand_ratio=a, kernel=b))
-    return ArchConfig(row[0], StemArch(row[1], row[2], row[3]), tuple(stages))
 
 
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
@@ -190,7 +164,7 @@ class ElasticSupernet(keras.Model):
 
     def build(self, input_shape=None):
         if getattr(self, "arch", None) is None:
-            row = encode_arch(self.space, self.space.max_arch())
+            row = np.asarray(arch_row(self.space.max_arch()), np.int32)
             self.arch = self.add_weight(
                 name="arch",
                 shape=(self.num_slots, row.shape[0]),
@@ -223,7 +197,7 @@ class ElasticSupernet(keras.Model):
         slot = self._check_slot(slot)
         self.space.validate_arch(arch)
         rows = np.array(self._read_rows())
-        rows[slot] = encode_arch(self.space, arch)
+        rows[slot] = arch_row(arch)
         self.arch.assign(rows)
 
     def set_archs(self, archs: Sequence[ArchConfig]) -> None:
@@ -234,7 +208,7 @@ class ElasticSupernet(keras.Model):
         rows = np.array(self._read_rows())
         for i, a in enumerate(archs):
             self.space.validate_arch(a)
-            rows[i] = encode_arch(self.space, a)
+            rows[i] = arch_row(a)
         self.arch.assign(rows)
 
     def _read_rows(self):
@@ -243,14 +217,14 @@ class ElasticSupernet(keras.Model):
     def get_arch(self, slot: int = 0) -> ArchConfig:
         """Host-side copy of the active arch of ``slot``."""
         slot = self._check_slot(slot)
-        return decode_arch(self.space, self._read_rows()[slot])
+        return decode(self.space, self._read_rows()[slot])
 
     # --------------------------------------------------------------------------- forward
     def _dims(self, slot):
         row = self.arch.value[slot]
         d = {"resolution": row[0], "stem": (row[1], row[2], row[3]), "stages": []}
         for i in range(len(self.space.stages)):
-            b = _STEM_FIELDS + _STAGE_FIELDS * i
+            b = STEM_COLUMNS + STAGE_COLUMNS * i
             d["stages"].append((row[b], row[b + 1], row[b + 2], row[b + 3]))
         return d
 

@@ -1,6 +1,6 @@
-"""Plain Keras builders for the latency blocks of ``elasticvit_tf.latency_ops``.
+"""Plain Keras builders for the latency blocks of ``elasticvit_tf.blocks``.
 
-Each ``OpSignature`` becomes the same op structure the static subnet has (docs/method.md#blocks:
+Each ``BlockSpec`` becomes the same op structure the static subnet has (docs/method.md#blocks:
 symmetric padding on strided convs, the avg-pool shortcut, SE, the token-joint LayerNorm, head-major
 q|k|v, the V depthwise conv, Hardswish before the projection, the MobileNetV3 head), with
 random weights: latency does not depend on weight values. ``build_op_model`` gives a one-block
@@ -14,11 +14,11 @@ import keras
 from keras import layers, ops
 
 from elasticvit_tf.arch import ArchConfig
-from elasticvit_tf.latency_ops import OpKind, OpSignature, decompose
+from elasticvit_tf.blocks import BlockKind, BlockSpec, plan
 from elasticvit_tf.space import SearchSpace
 
 _EPS = 1e-5
-_TOKEN_KINDS = (OpKind.TRANSITION, OpKind.TRANSFORMER, OpKind.HEAD)
+_TOKEN_KINDS = (BlockKind.TRANSITION, BlockKind.TRANSFORMER, BlockKind.HEAD)
 
 
 class TokenLayerNorm(layers.Layer):
@@ -119,7 +119,7 @@ def _dwconv(x, k, stride=1):
     return layers.DepthwiseConv2D(k, padding="same", use_bias=False)(x)
 
 
-def _mbconv(x, sig: OpSignature):
+def _mbconv(x, sig: BlockSpec):
     cin, c, stride = sig.in_channels, sig.out_channels, sig.stride
     inner = cin * sig.expand_ratio
     h = _hs(_bn(_conv(x, inner)))
@@ -141,7 +141,7 @@ def _mbconv(x, sig: OpSignature):
     return layers.Add()([h, r])
 
 
-def _transformer(x, sig: OpSignature):
+def _transformer(x, sig: BlockSpec):
     c, h, s = sig.out_channels, sig.heads, sig.input_side
     dv = 16 * sig.v_scale
     z = TokenLayerNorm()(x)
@@ -153,37 +153,37 @@ def _transformer(x, sig: OpSignature):
     return layers.Add()([x, z])
 
 
-def _head(x, sig: OpSignature):
+def _head(x, sig: BlockSpec):
     t = _hs(_bn(layers.Dense(sig.hidden)(x)))
     g = layers.GlobalAveragePooling1D()(t)
     g = _hs(layers.Dense(sig.head_width)(g))
     return layers.Dense(sig.num_classes)(g)
 
 
-def apply_op(x, sig: OpSignature):
+def apply_op(x, sig: BlockSpec):
     """Applies one block to ``x`` (maps ``(1, s, s, c)`` or tokens ``(1, s*s, c)``)."""
     s = sig.input_side
     if sig.kind in _TOKEN_KINDS and len(x.shape) == 4:
         x = layers.Reshape((s * s, sig.in_channels))(x)
-    if sig.kind is OpKind.FIRST_CONV:
+    if sig.kind is BlockKind.FIRST_CONV:
         return _hs(_bn(_conv(x, sig.out_channels, 3, 2)))
-    if sig.kind is OpKind.STEM_BLOCK:
+    if sig.kind is BlockKind.STEM_BLOCK:
         h = _hs(_bn(_dwconv(x, sig.kernel)))
         return layers.Add()([x, _bn(_conv(h, sig.out_channels))])
-    if sig.kind is OpKind.MBCONV:
+    if sig.kind is BlockKind.MBCONV:
         return _mbconv(x, sig)
-    if sig.kind is OpKind.TRANSITION:
+    if sig.kind is BlockKind.TRANSITION:
         m = layers.Reshape((s, s, sig.in_channels))(x)
         so = sig.output_side
         return layers.Reshape((so * so, sig.out_channels))(_mbconv(m, sig))
-    if sig.kind is OpKind.TRANSFORMER:
+    if sig.kind is BlockKind.TRANSFORMER:
         return _transformer(x, sig)
-    if sig.kind is OpKind.HEAD:
+    if sig.kind is BlockKind.HEAD:
         return _head(x, sig)
     raise ValueError(f"apply_op: unknown op kind {sig.kind!r}")
 
 
-def op_input_shape(sig: OpSignature) -> tuple[int, ...]:
+def op_input_shape(sig: BlockSpec) -> tuple[int, ...]:
     """Per-sample input shape of the one-block model of ``sig``."""
     s = sig.input_side
     if sig.kind in _TOKEN_KINDS:
@@ -191,7 +191,7 @@ def op_input_shape(sig: OpSignature) -> tuple[int, ...]:
     return (s, s, sig.in_channels)
 
 
-def build_op_model(sig: OpSignature) -> keras.Model:
+def build_op_model(sig: BlockSpec) -> keras.Model:
     """A batch-1 Keras model of exactly one block."""
     x = keras.Input(op_input_shape(sig), batch_size=1)
     return keras.Model(x, apply_op(x, sig), name=f"op_{sig.kind.value}")
@@ -201,6 +201,6 @@ def build_arch_model(space: SearchSpace, arch: ArchConfig) -> keras.Model:
     """A batch-1 Keras model of the whole subnet (r x r x 3 input), block by block."""
     x = keras.Input((arch.resolution, arch.resolution, 3), batch_size=1)
     y = x
-    for sig in decompose(space, arch):
+    for sig in plan(space, arch):
         y = apply_op(y, sig)
     return keras.Model(x, y, name="subnet")

@@ -6,7 +6,7 @@ For one space, target and quantization mode the builder
    (each one-block model pays it once, a whole subnet once in total: without this, a
    17-block ``tiny`` subnet was over-predicted 2x);
 1. measures the TFLite latency of a designed sample of the space's blocks
-   (``latency_ops.enumerate_ops``: first conv, stem blocks, MBConvs, transition MBConvs,
+   (``blocks.enumerate_blocks``: first conv, stem blocks, MBConvs, transition MBConvs,
    transformer layers, head), each as its own batch-1 model, round-robin over block types so
    that every type gets samples when the time budget is short (extremes first, then random);
 2. fits one non-negative linear model per block type on shape features (MACs, activation
@@ -14,56 +14,41 @@ For one space, target and quantization mode the builder
    predictors: a block not measured is predicted from its type's model;
 3. measures a few whole subnets end to end and fits the per-model constant (and, given enough
    subnets, a scale): ``whole ~= scale * sum(blocks) + constant_ms``;
-4. writes a versioned JSON (format ``elasticvit-latency-lut`` v1) with provenance (target,
-   runtime and version, threads, warm-up and runs, date, host, builder commit) and the space
-   fingerprint; ``search/latency.py`` reads it.
+4. writes the LUT JSON of ``elasticvit_tf/lut.py`` (schema, provenance, file name; the search
+   predicts with the same module's ``LutLatencyPredictor``).
 
-``--target=local`` times with LiteRT in this process; ``adb:SERIAL`` goes through
-``export.benchmark.benchmark`` (the project's one ``benchmark_model`` runner and parser).
+Every model is timed by ``export.benchmark.benchmark`` (the project's one timing loop:
+``--target=local`` with LiteRT in this process, ``adb:SERIAL`` with the device's
+``benchmark_model``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import io
-import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from elasticvit_tf import lut as lut_lib
 from elasticvit_tf.arch import ArchConfig
-from elasticvit_tf.latency_ops import OpKind, OpSignature, decompose, enumerate_ops, op_features
+from elasticvit_tf.blocks import BlockKind, BlockSpec, block_features, enumerate_blocks
+from elasticvit_tf.export.benchmark import CLOCKS, parse_target
 from elasticvit_tf.space import SearchSpace
 
-LUT_FORMAT = "elasticvit-latency-lut"
-LUT_VERSION = 1
-MODES = ("fp32", "int8")
-_MODE_ALIASES = {"fp32": "fp32", "float32": "fp32", "int8": "int8"}
-
-# Features each block type's regressor uses (a subset of latency_ops.FEATURE_NAMES).
-KIND_FEATURES: dict[OpKind, tuple[str, ...]] = {
-    OpKind.FIRST_CONV: ("macs", "act_elems"),
-    OpKind.STEM_BLOCK: ("macs", "act_elems"),
-    OpKind.MBCONV: ("macs", "act_elems", "params", "ops"),
-    OpKind.TRANSITION: ("macs", "act_elems", "params"),
-    OpKind.TRANSFORMER: ("macs", "act_elems", "attn_elems", "tokens"),
-    OpKind.HEAD: ("macs", "act_elems"),
+# Features each block type's regressor uses (a subset of blocks.FEATURE_NAMES).
+KIND_FEATURES: dict[BlockKind, tuple[str, ...]] = {
+    BlockKind.FIRST_CONV: ("macs", "act_elems"),
+    BlockKind.STEM_BLOCK: ("macs", "act_elems"),
+    BlockKind.MBCONV: ("macs", "act_elems", "params", "ops"),
+    BlockKind.TRANSITION: ("macs", "act_elems", "params"),
+    BlockKind.TRANSFORMER: ("macs", "act_elems", "attn_elems", "tokens"),
+    BlockKind.HEAD: ("macs", "act_elems"),
 }
-
-
-def canonical_mode(mode: str) -> str:
-    """'fp32'/'float32' -> 'fp32', 'int8' -> 'int8'; anything else raises ValueError."""
-    m = _MODE_ALIASES.get(str(mode).strip().lower())
-    if m is None:
-        raise ValueError(f"mode={mode!r}: expected one of {list(MODES)} (or 'float32')")
-    return m
 
 
 # ------------------------------------------------------------------------- convert + time
@@ -80,7 +65,7 @@ def convert_for_latency(model, mode: str, num_calibration: int = 4, seed: int = 
 
     from elasticvit_tf.export.tflite import fixed_batch_module
 
-    mode = canonical_mode(mode)
+    mode = lut_lib.canonical_mode(mode)
     module = fixed_batch_module(model, 1)
     shape = tuple(module.serve.input_signature[0].shape)
     with tempfile.TemporaryDirectory() as d:
@@ -99,60 +84,6 @@ def convert_for_latency(model, mode: str, num_calibration: int = 4, seed: int = 
             return bytes(conv.convert())
 
 
-CLOCKS = ("wall", "cpu")
-
-
-def time_tflite(
-    tflite: bytes,
-    num_threads: int = 1,
-    warmup: int = 10,
-    runs: int = 50,
-    min_time_s: float = 0.0,
-    clock: str = "wall",
-) -> dict[str, float]:
-    """Times ``invoke`` with LiteRT (XNNPACK default delegate): median, p5, p95, cv, runs.
-
-    ``clock="wall"`` is the latency; ``clock="cpu"`` is the calling thread's CPU time, which
-    equals it on an idle core with 1 thread (the interpreter runs inline) and stays right on a
-    shared, overloaded CPU where wall time includes waiting for a core (measured: a 1.2 ms
-    transformer block read 12 ms wall, 1.46 ms CPU at load 10 on 2 cores).
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    if clock not in CLOCKS:
-        raise ValueError(f"clock={clock!r}: expected one of {list(CLOCKS)}")
-    if clock == "cpu" and num_threads != 1:
-        raise ValueError(
-            f"clock='cpu' needs num_threads=1 (got {num_threads}): other threads' work is not "
-            "counted by the calling thread's CPU time"
-        )
-    now = time.thread_time if clock == "cpu" else time.perf_counter
-
-    it = Interpreter(model_content=tflite, num_threads=num_threads)
-    it.allocate_tensors()
-    rng = np.random.default_rng(0)
-    for d in it.get_input_details():
-        it.set_tensor(d["index"], rng.standard_normal(d["shape"]).astype(d["dtype"]))
-    for _ in range(warmup):
-        it.invoke()
-    ts = []
-    start = time.perf_counter()
-    while len(ts) < runs or (time.perf_counter() - start < min_time_s and len(ts) < 20 * runs):
-        t0 = now()
-        it.invoke()
-        ts.append(now() - t0)
-    ms = np.array(ts) * 1e3
-    return {
-        "median_ms": float(np.median(ms)),
-        "p5_ms": float(np.percentile(ms, 5)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "cv": float(np.std(ms) / np.mean(ms)),
-        # NOTE: robust spread (1.4826 * MAD / median): preemption outliers dominate plain CV
-        "robust_cv": float(1.4826 * np.median(np.abs(ms - np.median(ms))) / np.median(ms)),
-        "runs": len(ms),
-    }
-
-
 @dataclasses.dataclass(frozen=True)
 class MeasureConfig:
     """How one model is measured (recorded in the LUT provenance)."""
@@ -167,46 +98,40 @@ class MeasureConfig:
     clock: str = "wall"
 
 
-def check_target(target: str) -> str:
-    """'local' or 'adb:SERIAL'; anything else raises ValueError."""
-    if target == "local" or (
-        isinstance(target, str) and target.startswith("adb:") and len(target) > 4
-    ):
-        return target
-    raise ValueError(f"target={target!r}: expected 'local' or 'adb:SERIAL'")
-
-
 def time_model(tflite: bytes, cfg: MeasureConfig) -> dict[str, float]:
-    """Latency statistics on ``cfg.target``: in-process LiteRT for 'local' (``time_tflite``:
-    adds a minimum timed duration and a robust CV), the export helper's ``benchmark_model``
-    over adb for 'adb:SERIAL'."""
-    if cfg.target == "local":
-        # NOTE: on a shared CPU, load only ever adds time: the best of a few session medians
-        # is the stable statistic (one session's median was seen 12x off under load 14).
-        best = None
-        for _ in range(max(1, cfg.sessions)):
-            st = time_tflite(
-                tflite, cfg.num_threads, cfg.warmup, cfg.runs, cfg.min_time_s, cfg.clock
-            )
-            if best is None or st["median_ms"] < best["median_ms"]:
-                best = st
-        return best
+    """Latency statistics on ``cfg.target`` through ``export.benchmark.benchmark``: median, p5,
+    p95, cv and robust cv (1.4826 * MAD / median; the cv where the target reports no MAD)."""
     from elasticvit_tf.export.benchmark import benchmark
 
-    r = benchmark(
-        tflite,
-        target=cfg.target,
-        num_threads=cfg.num_threads,
-        warmup=cfg.warmup,
-        runs=cfg.runs,
-        benchmark_model_path=cfg.benchmark_model_path,
-    )
-    med = r.median_ms if r.median_ms is not None else r.mean_ms
-    cv = (r.std_ms or 0.0) / r.mean_ms if r.mean_ms else 0.0
-    return {"median_ms": med, "p5_ms": r.p5_ms, "p95_ms": r.p95_ms, "cv": cv, "robust_cv": cv}
+    best = None
+    # NOTE: on a shared CPU, load only ever adds time: the best of a few session medians
+    # is the stable statistic (one session's median was seen 12x off under load 14).
+    for _ in range(max(1, cfg.sessions) if cfg.target == "local" else 1):
+        r = benchmark(
+            tflite,
+            target=cfg.target,
+            num_threads=cfg.num_threads,
+            warmup=cfg.warmup,
+            runs=cfg.runs,
+            benchmark_model_path=cfg.benchmark_model_path,
+            min_time_s=cfg.min_time_s,
+            clock=cfg.clock,
+        )
+        if best is None or (r.median_ms or r.mean_ms) < (best.median_ms or best.mean_ms):
+            best = r
+    med = best.median_ms if best.median_ms is not None else best.mean_ms
+    cv = (best.std_ms or 0.0) / best.mean_ms if best.mean_ms else 0.0
+    robust_cv = 1.4826 * best.mad_ms / med if best.mad_ms is not None and med else cv
+    return {
+        "median_ms": med,
+        "p5_ms": best.p5_ms,
+        "p95_ms": best.p95_ms,
+        "cv": cv,
+        "robust_cv": robust_cv,
+    }
 
 
-def measure_op(sig: OpSignature, mode: str, cfg: MeasureConfig) -> float:
+def measure_op(sig: BlockSpec, mode: str, cfg: MeasureConfig) -> float:
     """Median latency (ms) of one block as a standalone TFLite model."""
     from elasticvit_tf.export.lut_blocks import build_op_model
 
@@ -231,15 +156,15 @@ def measure_arch(space: SearchSpace, arch: ArchConfig, mode: str, cfg: MeasureCo
 
 
 # -------------------------------------------------------------------------------- design
-def design_order(space: SearchSpace, seed: int = 0) -> list[OpSignature]:
+def design_order(space: SearchSpace, seed: int = 0) -> list[BlockSpec]:
     """Measurement order: per kind the smallest and largest block (by MACs), then random;
     kinds interleaved round-robin so a short budget still covers every block type."""
     rng = np.random.default_rng(seed)
     per_kind = []
-    for kind, sigs in enumerate_ops(space).items():
+    for kind, sigs in enumerate_blocks(space).items():
         if not sigs:
             continue
-        macs = [op_features(s)["macs"] for s in sigs]
+        macs = [block_features(s)["macs"] for s in sigs]
         lo, hi = int(np.argmin(macs)), int(np.argmax(macs))
         rest = [i for i in rng.permutation(len(sigs)) if i not in (lo, hi)]
         per_kind.append([sigs[i] for i in [lo, hi] + rest if i != lo or lo != hi])
@@ -261,7 +186,7 @@ def calibration_archs(space: SearchSpace, n: int, seed: int = 0) -> list[ArchCon
 
 
 # ------------------------------------------------------------------------------- fitting
-def fit_kind_model(kind: OpKind, sigs: Sequence[OpSignature], ms: Sequence[float]) -> dict:
+def fit_kind_model(kind: BlockKind, sigs: Sequence[BlockSpec], ms: Sequence[float]) -> dict:
     """Non-negative least squares of relative error on the kind's features, free intercept.
 
     Fewer samples than features + 2: MACs and activation traffic (>= 4 samples) or MACs only;
@@ -271,7 +196,7 @@ def fit_kind_model(kind: OpKind, sigs: Sequence[OpSignature], ms: Sequence[float
     if len(sigs) < len(names) + 2:
         names = ["macs", "act_elems"] if len(sigs) >= 4 else ["macs"]
     if len(sigs) == 1:
-        macs = max(op_features(sigs[0])["macs"], 1.0)
+        macs = max(block_features(sigs[0])["macs"], 1.0)
         return {
             "features": names,
             "coef": [float(ms[0]) / macs],
@@ -285,7 +210,7 @@ def fit_kind_model(kind: OpKind, sigs: Sequence[OpSignature], ms: Sequence[float
 GLOBAL_FEATURES = ("macs", "act_elems", "attn_elems", "ops")
 
 
-def fit_models(measured: dict[OpSignature, float]) -> dict[str, dict]:
+def fit_models(measured: dict[BlockSpec, float]) -> dict[str, dict]:
     """One model per block kind with >= 2 measurements (``source: "kind"``); kinds with fewer
     get the model fitted on all measured blocks (``source: "all_kinds"``: shared features
     incl. the op count), so a short budget still transfers what was measured."""
@@ -295,14 +220,14 @@ def fit_models(measured: dict[OpSignature, float]) -> dict[str, dict]:
     if len(sigs) >= len(GLOBAL_FEATURES) + 2:
         glob = _fit_linear(GLOBAL_FEATURES, sigs, [measured[s] for s in sigs])
         glob["source"] = "all_kinds"
-    for kind in OpKind:
+    for kind in BlockKind:
         ks = [s for s in sigs if s.kind is kind]
         if len(ks) >= 2 or (ks and glob is None):
             models[kind.value] = fit_kind_model(kind, ks, [measured[s] for s in ks])
             models[kind.value]["source"] = "kind"
         elif glob is not None:
             y = [measured[s] for s in ks]
-            pred = [predict_kind(glob, s) for s in ks]
+            pred = [lut_lib.predict_block(glob, s) for s in ks]
             mape = float(np.mean(np.abs(np.subtract(pred, y)) / y)) if ks else 0.0
             models[kind.value] = dict(glob, n_samples=len(ks), train_mape=mape)
     return models
@@ -311,7 +236,7 @@ def fit_models(measured: dict[OpSignature, float]) -> dict[str, dict]:
 def _fit_linear(names, sigs, ms) -> dict:
     from sklearn.linear_model import LinearRegression
 
-    x = np.array([[op_features(s)[f] for f in names] for s in sigs], dtype=np.float64)
+    x = np.array([[block_features(s)[f] for f in names] for s in sigs], dtype=np.float64)
     y = np.asarray(ms, dtype=np.float64)
     scale = np.maximum(x.max(axis=0), 1.0)  # NOTE: conditioning only; coef rescaled below
     # NOTE: weights 1/y^2 minimise the squared *relative* error: blocks span 100x in latency
@@ -326,22 +251,6 @@ def _fit_linear(names, sigs, ms) -> dict:
         "n_samples": len(sigs),
         "train_mape": float(np.mean(np.abs(pred - y) / y)),
     }
-
-
-def predict_kind(model: dict, sig: OpSignature) -> float:
-    f = op_features(sig)
-    return float(
-        model["intercept"] + sum(c * f[n] for c, n in zip(model["coef"], model["features"]))
-    )
-
-
-def blocks_sum(
-    space: SearchSpace, arch: ArchConfig, exact: dict[OpSignature, float], models: dict
-) -> float:
-    total = 0.0
-    for sig in decompose(space, arch):
-        total += exact[sig] if sig in exact else predict_kind(models[sig.kind.value], sig)
-    return total
 
 
 def fit_calibration(sums: Sequence[float], wholes: Sequence[float]) -> tuple[float, float]:
@@ -369,60 +278,6 @@ def fit_calibration(sums: Sequence[float], wholes: Sequence[float]) -> tuple[flo
     return 1.0, max(float(np.median(w - s)), floor)
 
 
-# ---------------------------------------------------------------------------- provenance
-def _git_commit() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(
-            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def provenance(target: str, cfg: MeasureConfig) -> dict[str, Any]:
-    from importlib import metadata
-
-    try:
-        version = metadata.version("ai-edge-litert")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    runtime = "ai-edge-litert"
-    if target != "local":  # the device's benchmark_model reports no version we can read
-        runtime, version = "benchmark_model", os.path.basename(cfg.benchmark_model_path or "?")
-    return {
-        "target": target,
-        "runtime": runtime,
-        "runtime_version": version,
-        "num_threads": cfg.num_threads,
-        "warmup": cfg.warmup,
-        "runs": cfg.runs,
-        "clock": cfg.clock,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": f"{platform.node()} ({_cpu_name()}, {os.cpu_count()} cpus)",
-        "builder_commit": _git_commit(),
-    }
-
-
-def lut_file_name(space_name: str, target: str, mode: str, num_threads: int, date: str) -> str:
-    """e.g. ``lut_demo_local_fp32_t1_20261125.json`` (target ``adb:SERIAL`` -> ``adb-SERIAL``)."""
-    t = "".join(c if c.isalnum() or c in "-_" else "-" for c in target)
-    day = date[:10].replace("-", "")
-    return f"lut_{space_name}_{t}_{canonical_mode(mode)}_t{num_threads}_{day}.json"
-
-
 # ---------------------------------------------------------------------------------- build
 def build_mode_lut(
     space: SearchSpace,
@@ -441,11 +296,12 @@ def build_mode_lut(
     ``prior``: an earlier LUT of the same space, mode, target and threads whose measured
     entries are kept (the design continues after them); its fits and constant are redone.
     """
-    mode = canonical_mode(mode)
-    cfg = dataclasses.replace(cfg, target=check_target(target))
+    mode = lut_lib.canonical_mode(mode)
+    parse_target(target)
+    cfg = dataclasses.replace(cfg, target=target)
     t0 = time.monotonic()
     op_deadline = t0 + budget_s * (1.0 - calibration_share)
-    measured: dict[OpSignature, float] = {}
+    measured: dict[BlockSpec, float] = {}
     if prior is not None:
         want = (space.fingerprint(), mode, target, cfg.num_threads, cfg.clock)
         pp = prior.get("provenance", {})
@@ -460,11 +316,8 @@ def build_mode_lut(
     if prior is not None:
         # Entries are stored net of the invoke overhead; older LUTs stored raw latencies.
         prior_overhead = prior.get("invoke_overhead_ms")
-        for e in prior["entries"]:
-            ms = float(e["latency_ms"])
-            measured[OpSignature.from_dict(e["op"])] = (
-                ms if prior_overhead is not None else _net(ms, overhead)
-            )
+        for spec, ms in lut_lib.read_entries(prior, "prior LUT").items():
+            measured[spec] = ms if prior_overhead is not None else _net(ms, overhead)
     order = design_order(space, seed)
     kinds_needed = {s.kind for s in order}
     for sig in order:
@@ -481,7 +334,7 @@ def build_mode_lut(
         if len(sums) >= min(2, num_calibration) and time.monotonic() > cal_deadline:
             break
         wholes.append(measure_arch(space, arch, mode, cfg)["median_ms"])
-        sums.append(blocks_sum(space, arch, measured, models))
+        sums.append(lut_lib.LutLatencyPredictor(space, mode, measured, models).blocks_sum(arch))
         cal_archs.append(arch.to_dict())
     scale, constant = fit_calibration(sums, wholes)
     log(
@@ -489,12 +342,22 @@ def build_mode_lut(
         f"{constant:.4f} ms ({time.monotonic() - t0:.1f}s)"
     )
     return {
-        "format": LUT_FORMAT,
-        "version": LUT_VERSION,
+        "format": lut_lib.FORMAT,
+        "version": lut_lib.VERSION,
         "space": space.name,
         "space_fingerprint": space.fingerprint(),
         "mode": mode,
-        "provenance": {**provenance(target, cfg), "build_seconds": time.monotonic() - t0},
+        "provenance": {
+            **lut_lib.provenance(
+                target,
+                cfg.num_threads,
+                cfg.warmup,
+                cfg.runs,
+                cfg.clock,
+                cfg.benchmark_model_path,
+            ),
+            "build_seconds": time.monotonic() - t0,
+        },
         "constant_ms": constant,
         "scale": scale,
         "invoke_overhead_ms": overhead,
@@ -517,14 +380,15 @@ def refit_lut(lut: dict, space: SearchSpace) -> dict:
             f"refit: LUT fingerprint {lut.get('space_fingerprint')!r} != space "
             f"{space.name!r} fingerprint {space.fingerprint()!r}"
         )
-    measured = {OpSignature.from_dict(e["op"]): float(e["latency_ms"]) for e in lut["entries"]}
+    measured = lut_lib.read_entries(lut)
     cal = dict(lut["calibration"])
     if "archs" in cal:
         archs = [ArchConfig.from_dict(a) for a in cal["archs"]]
     else:  # LUTs written before the archs were recorded: the builder's default seed 0
         archs = calibration_archs(space, len(cal["whole_ms"]), 0)
     models = fit_models(measured)
-    cal["blocks_sum_ms"] = [blocks_sum(space, a, measured, models) for a in archs]
+    blocks_lut = lut_lib.LutLatencyPredictor(space, lut["mode"], measured, models)
+    cal["blocks_sum_ms"] = [blocks_lut.blocks_sum(a) for a in archs]
     cal["archs"] = [a.to_dict() for a in archs]
     scale, constant = fit_calibration(cal["blocks_sum_ms"], cal["whole_ms"])
     return {**lut, "models": models, "calibration": cal, "constant_ms": constant, "scale": scale}
@@ -532,7 +396,7 @@ def refit_lut(lut: dict, space: SearchSpace) -> dict:
 
 def build_lut(
     space: SearchSpace,
-    modes: Sequence[str] = MODES,
+    modes: Sequence[str] = lut_lib.MODES,
     target: str = "local",
     num_threads: int = 1,
     budget_s: float = 120.0,
@@ -570,12 +434,12 @@ def build_lut(
     """
     if not modes:
         raise ValueError("modes: expected at least one of ('fp32', 'int8'), got none")
-    modes = [canonical_mode(m) for m in modes]
+    modes = [lut_lib.canonical_mode(m) for m in modes]
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads={num_threads!r}: expected an integer >= 1")
     if budget_s <= 0:
         raise ValueError(f"budget_s={budget_s!r}: expected > 0 seconds")
-    check_target(target)
+    parse_target(target)
     if target != "local" and not benchmark_model_path:
         raise ValueError(f"target={target!r} needs benchmark_model_path (got none)")
     cfg = MeasureConfig(
@@ -606,12 +470,11 @@ def build_lut(
         path = None
         if output_path is not None:
             os.makedirs(output_path, exist_ok=True)
-            name = lut_file_name(space.name, target, mode, num_threads, lut["provenance"]["date"])
-            path = os.path.join(output_path, name)
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(lut, f, indent=1)
-            os.replace(tmp, path)
+            date = lut["provenance"]["date"]
+            path = os.path.join(
+                output_path, lut_lib.file_name(space.name, target, mode, num_threads, date)
+            )
+            lut_lib.save(lut, path)
             log(f"[{mode}] wrote {path}")
         out[mode] = {"lut": lut, "path": path}
     return out

@@ -1,22 +1,19 @@
-"""Latency predictors for the search: a FLOPs proxy and a measured lookup table (LUT).
+"""Latency predictors for the search: the interface and a FLOPs proxy.
 
 A predictor is a pure function of the architecture (no model is built): ``predict(arch)``
-returns milliseconds. ``FlopsProxyPredictor`` is the fallback when no LUT was measured;
-``LutLatencyPredictor`` reads the versioned JSON written by ``export/lut_builder.py`` (the two
-packages exchange that file, they never import each other).
+returns milliseconds. The measured one, ``lut.LutLatencyPredictor``, reads the LUT JSON written
+by ``export/lut_builder.py`` (both import ``elasticvit_tf/lut.py``); ``FlopsProxyPredictor`` is
+the fallback when no LUT was measured.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from elasticvit_tf.arch import ArchConfig
 from elasticvit_tf.flops import count_flops
-from elasticvit_tf.latency_ops import OpSignature, decompose, op_features
 from elasticvit_tf.space import SearchSpace
 
 
@@ -82,150 +79,3 @@ class FlopsProxyPredictor:
             "ms_per_mflop": self.ms_per_mflop,
             "constant_ms": self.constant_ms,
         }
-
-
-# ------------------------------------------------------------------------------- LUT
-LUT_FORMAT = "elasticvit-latency-lut"
-LUT_VERSION = 1
-_MODE_ALIASES = {"fp32": "fp32", "float32": "fp32", "int8": "int8"}
-
-
-def _canonical_mode(mode: str) -> str:
-    m = _MODE_ALIASES.get(str(mode).strip().lower())
-    if m is None:
-        raise ValueError(f"mode={mode!r}: expected one of ['fp32', 'int8'] (or 'float32')")
-    return m
-
-
-class LutLatencyPredictor:
-    """Predicts a subnet's latency from a measured LUT (``export/lut_builder.py``).
-
-    ``predict(arch) = scale * sum over the arch's blocks of (the measured latency when the
-    block's signature was measured, else the block type's fitted linear model) + constant_ms``.
-
-    Use ``from_json``; the constructor takes already-parsed parts.
-
-    Args:
-        space: the search space (its fingerprint must match the LUT's).
-        mode: quantization mode of the LUT ("fp32" or "int8").
-        entries: measured block latencies (ms) by signature.
-        models: per block type ``{"features", "coef", "intercept"}``.
-        constant_ms: fitted per-model constant.
-        scale: fitted multiplier of the block sum (1.0 when only a constant was fitted).
-        provenance: the LUT's provenance record.
-    """
-
-    def __init__(
-        self,
-        space: SearchSpace,
-        mode: str,
-        entries: Mapping[OpSignature, float],
-        models: Mapping[str, Mapping[str, Any]],
-        constant_ms: float = 0.0,
-        scale: float = 1.0,
-        provenance: Optional[Mapping[str, Any]] = None,
-    ):
-        self.space = space
-        self.mode = _canonical_mode(mode)
-        self.entries = dict(entries)
-        self.models = {k: dict(v) for k, v in models.items()}
-        self.constant_ms = float(constant_ms)
-        self.scale = float(scale)
-        self.provenance = dict(provenance or {})
-        self._cache: dict[OpSignature, float] = {}
-        for kind, m in self.models.items():
-            if len(m.get("features", ())) != len(m.get("coef", ())) or "intercept" not in m:
-                raise ValueError(
-                    f"LUT model '{kind}': expected 'features' and 'coef' of equal length and an "
-                    f"'intercept', got keys {sorted(m)}"
-                )
-
-    @classmethod
-    def from_json(
-        cls,
-        path_or_dict: Union[str, os.PathLike, Mapping[str, Any]],
-        space: SearchSpace,
-        mode: Optional[str] = None,
-    ) -> "LutLatencyPredictor":
-        """Loads a LUT; refuses another space (by fingerprint) or another mode, naming both."""
-        if isinstance(path_or_dict, Mapping):
-            d, where = path_or_dict, "LUT"
-        else:
-            where = f"LUT {os.fspath(path_or_dict)!r}"
-            try:
-                with open(path_or_dict) as f:
-                    d = json.load(f)
-            except OSError as e:
-                raise ValueError(f"{where}: cannot read it ({e.strerror})") from None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: malformed JSON ({e})") from None
-        if not isinstance(d, Mapping) or d.get("format") != LUT_FORMAT:
-            got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
-            raise ValueError(f"{where}: format={got!r}, expected {LUT_FORMAT!r}")
-        if d.get("version") != LUT_VERSION:
-            raise ValueError(f"{where}: version={d.get('version')!r}, expected {LUT_VERSION}")
-        missing = sorted({"space_fingerprint", "mode", "entries", "models", "constant_ms"} - set(d))
-        if missing:
-            raise ValueError(f"{where}: missing field(s) {missing}")
-        if d["space_fingerprint"] != space.fingerprint():
-            raise ValueError(
-                f"{where} was built for space {d.get('space')!r} with fingerprint "
-                f"{d['space_fingerprint']!r}, but the requested space {space.name!r} has "
-                f"fingerprint {space.fingerprint()!r}; rebuild the LUT with elasticvit-lut"
-            )
-        lut_mode = _canonical_mode(d["mode"])
-        if mode is not None and _canonical_mode(mode) != lut_mode:
-            raise ValueError(
-                f"{where} holds mode {lut_mode!r} latencies, but mode {_canonical_mode(mode)!r} "
-                "was requested; use the LUT built for that mode"
-            )
-        entries = {}
-        for i, e in enumerate(d["entries"]):
-            try:
-                entries[OpSignature.from_dict(e["op"])] = float(e["latency_ms"])
-            except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"{where}: entries[{i}] is invalid ({err})") from None
-        return cls(
-            space,
-            lut_mode,
-            entries,
-            d["models"],
-            d["constant_ms"],
-            d.get("scale", 1.0),
-            d.get("provenance"),
-        )
-
-    def block_latency(self, sig: OpSignature) -> float:
-        """One block's latency (ms): the measured entry, else its type's fitted model."""
-        if sig in self._cache:
-            return self._cache[sig]
-        if sig in self.entries:
-            ms = self.entries[sig]
-        else:
-            m = self.models.get(sig.kind.value)
-            if m is None:
-                raise ValueError(
-                    f"LUT has no entry and no fitted model for a '{sig.kind.value}' block; "
-                    f"it has models for {sorted(self.models)}"
-                )
-            f = op_features(sig)
-            ms = m["intercept"] + sum(c * f[n] for c, n in zip(m["coef"], m["features"]))
-            ms = max(float(ms), 0.0)
-        self._cache[sig] = ms
-        return ms
-
-    def predict(self, arch: ArchConfig) -> float:
-        """Predicted whole-subnet latency in ms (validates the arch)."""
-        total = sum(self.block_latency(s) for s in decompose(self.space, arch))
-        return self.scale * total + self.constant_ms
-
-    def breakdown(self, arch: ArchConfig) -> list[tuple[OpSignature, float, bool]]:
-        """``(signature, ms, measured)`` per block, in execution order."""
-        return [(s, self.block_latency(s), s in self.entries) for s in decompose(self.space, arch)]
-
-
-def load_predictor(
-    path: Union[str, os.PathLike, Mapping[str, Any]], space: SearchSpace, mode: Optional[str] = None
-) -> LutLatencyPredictor:
-    """``LutLatencyPredictor.from_json(path, space, mode)``."""
-    return LutLatencyPredictor.from_json(path, space, mode)

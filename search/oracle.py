@@ -31,6 +31,7 @@ from keras_tuner.engine.trial import TrialStatus
 from elasticvit_tf.arch import ArchConfig, StageArch, StemArch
 from elasticvit_tf.flops import count_flops
 from elasticvit_tf.search import hyperparameters as hp_lib
+from elasticvit_tf.search.budgets import LatencyBudgets
 from elasticvit_tf.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -70,22 +71,23 @@ def _check_mflops_range(mflops_range) -> Optional[tuple[float, float]]:
 def check_feasible(
     space: SearchSpace,
     predictor: Optional[Predictor] = None,
-    latency_budget_ms: Optional[float] = None,
+    latency_budgets: LatencyBudgets = LatencyBudgets(),
     mflops_range: Optional[Sequence[float]] = None,
 ) -> None:
     """Raises ``ValueError`` when the constraints exclude every subnet of ``space``.
 
-    Checked on the extreme archs: the smallest subnet must fit the latency budget and the FLOPs
+    Checked on the extreme archs: the smallest subnet must fit every budget and the FLOPs
     window must overlap ``[FLOPs(min arch), FLOPs(max arch)]``. Passing this check does not
     guarantee that both constraints can hold at once; the oracles then stop after bounded
     retries.
     """
     window = _check_mflops_range(mflops_range)
     smallest = space.min_arch()
+    latency_budget_ms = latency_budgets.smallest_ms
     if latency_budget_ms is not None:
         predict = _predict_fn(predictor)
         if predict is None:
-            raise ValueError("latency_budget_ms is set but no latency predictor was given")
+            raise ValueError("a latency budget is set but no latency predictor was given")
         lat = float(predict(smallest))
         if latency_budget_ms < lat:
             mode = getattr(predictor, "mode", "?")
@@ -122,54 +124,49 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
 
     Args:
         space: the ``SearchSpace`` searched.
-        predictor: latency predictor (``predict(arch) -> ms``, or a callable); required when
-            ``latency_budget_ms`` is set, otherwise optional (only used for reporting).
-        latency_budget_ms: optional upper bound on the predicted latency.
+        predictor: latency predictor (``predict(arch) -> ms``, or a callable); required with
+            latency budgets, otherwise optional (only used for reporting).
+        latency_budgets: the budgets (``LatencyBudgets``); the constraint on the predicted
+            latency is the largest. Several budgets are searched at once: random draws cycle
+            through them (draw ``i`` must also fit ``budgets[i % n]``), so every budget gets
+            candidates even when it admits a small share of the space; the evolution oracle
+            also picks its parents per budget (stratum). Empty: no latency constraint.
         mflops_range: optional ``(lo, hi)`` window on the analytic FLOPs (MFLOPs).
         max_trials: number of trials (archs evaluated) in total.
         seed: integer seed of the oracle's NumPy generator (spec default 2012).
         max_attempts: bounded random draws per emitted trial before giving up with ``STOPPED``.
         max_retries_per_trial, max_consecutive_failed_trials: as in ``keras_tuner.Oracle``.
-        budget_strata_ms: several latency budgets searched at once (all <= the constraint).
-            Random draws cycle through them (draw ``i`` must also fit ``strata[i % n]``), so
-            every budget gets candidates even when it admits a small share of the space;
-            the evolution oracle also picks its parents per stratum. Empty: off.
     """
 
     def __init__(
         self,
         space: SearchSpace,
         predictor: Optional[Predictor] = None,
-        latency_budget_ms: Optional[float] = None,
+        latency_budgets: LatencyBudgets = LatencyBudgets(),
         mflops_range: Optional[Sequence[float]] = None,
         max_trials: int = 100,
         seed: int = 2012,
         max_attempts: int = 1000,
         max_retries_per_trial: int = 0,
         max_consecutive_failed_trials: int = 3,
-        budget_strata_ms: Sequence[float] = (),
     ):
         if not isinstance(space, SearchSpace):
             raise ValueError(f"space: expected a SearchSpace, got {type(space).__name__}")
-        if latency_budget_ms is not None and predictor is None:
-            raise ValueError("latency_budget_ms is set but no latency predictor was given")
-        if latency_budget_ms is not None and not latency_budget_ms > 0:
-            raise ValueError(f"latency_budget_ms={latency_budget_ms!r}: expected a positive number")
+        if not isinstance(latency_budgets, LatencyBudgets):
+            raise ValueError(
+                f"latency_budgets: expected a LatencyBudgets, got {type(latency_budgets).__name__}"
+            )
+        if latency_budgets and predictor is None:
+            raise ValueError(
+                f"latency budgets {latency_budgets.to_list()} ms are set but no latency "
+                "predictor was given"
+            )
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed={seed!r}: expected a non-negative integer")
         if not isinstance(max_trials, int) or max_trials < 1:
             raise ValueError(f"max_trials={max_trials!r}: expected a positive integer")
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts={max_attempts!r}: expected a positive integer")
-        strata = tuple(sorted(float(b) for b in budget_strata_ms))
-        if strata and predictor is None:
-            raise ValueError("budget_strata_ms is set but no latency predictor was given")
-        for b in strata:
-            if not b > 0 or (latency_budget_ms is not None and b > latency_budget_ms):
-                raise ValueError(
-                    f"budget_strata_ms: {b:g} ms; expected positive budgets <= the latency "
-                    f"budget {latency_budget_ms} ms"
-                )
         super().__init__(
             objective=keras_tuner.Objective("top1", "max"),
             max_trials=max_trials,
@@ -183,10 +180,11 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
         self.seed = int(seed)  # the base class replaces a seed of 0 by a random one
         self.space = space
         self.predictor = predictor
-        self.latency_budget_ms = None if latency_budget_ms is None else float(latency_budget_ms)
+        self.latency_budgets = latency_budgets
+        self.latency_budget_ms = latency_budgets.constraint_ms
         self.mflops_range = _check_mflops_range(mflops_range)
         self.max_attempts = max_attempts
-        self.budget_strata_ms = strata
+        self.budget_strata_ms = latency_budgets.strata_ms
         self._random_draws = 0  # random draws issued (the stratum of the next one)
         self._predict = _predict_fn(predictor)
         self._rng = np.random.default_rng(self.seed)
@@ -365,8 +363,8 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
     """Evolutionary search of docs/method.md#search under a latency budget and/or a FLOPs window.
 
     Args:
-        space, predictor, latency_budget_ms, mflops_range, max_trials, seed, max_attempts,
-            budget_strata_ms: see ``ConstrainedOracleBase``.
+        space, predictor, latency_budgets, mflops_range, max_trials, seed, max_attempts: see
+            ``ConstrainedOracleBase``.
         population: size of the initial population and of every later population
             (spec: 512).
         parents: top-k completed trials used as parents (spec: 256); every generation after the
@@ -386,7 +384,7 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
         self,
         space: SearchSpace,
         predictor: Optional[Predictor] = None,
-        latency_budget_ms: Optional[float] = None,
+        latency_budgets: LatencyBudgets = LatencyBudgets(),
         mflops_range: Optional[Sequence[float]] = None,
         max_trials: int = 100,
         population: int = 32,
@@ -400,19 +398,17 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
         operator_attempts: int = 50,
         max_retries_per_trial: int = 0,
         max_consecutive_failed_trials: int = 3,
-        budget_strata_ms: Sequence[float] = (),
     ):
         super().__init__(
             space,
             predictor=predictor,
-            latency_budget_ms=latency_budget_ms,
+            latency_budgets=latency_budgets,
             mflops_range=mflops_range,
             max_trials=max_trials,
             seed=seed,
             max_attempts=max_attempts,
             max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
-            budget_strata_ms=budget_strata_ms,
         )
         if not isinstance(population, int) or population < 2:
             raise ValueError(f"population={population!r}: expected an integer >= 2")

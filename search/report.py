@@ -18,6 +18,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from elasticvit_tf.search import hyperparameters as hp_lib
+from elasticvit_tf.search.budgets import LatencyBudgets
 from elasticvit_tf.search.pareto import pareto_front
 from elasticvit_tf.space import SearchSpace
 
@@ -64,10 +65,6 @@ def best_for_budget(records: Sequence[dict], budget_ms: Optional[float]) -> Opti
     return min(fits, key=lambda r: (-r["top1"], r["latency_ms"], r["trial_id"]))
 
 
-def budget_tag(budget_ms: Optional[float]) -> str:
-    return "all" if budget_ms is None else f"{budget_ms:g}"
-
-
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -111,13 +108,13 @@ def write_reports(
     output_dir: str,
     records: Sequence[dict],
     space: SearchSpace,
-    budgets: Sequence[Optional[float]] = (),
+    budgets: LatencyBudgets = LatencyBudgets(),
     latency_mode: Optional[str] = None,
     settings: Optional[dict] = None,
 ) -> dict[str, str]:
     """Writes all search outputs into ``output_dir``; returns ``{name: path}``."""
     os.makedirs(output_dir, exist_ok=True)
-    budgets = sorted(budgets) if budgets else [None]
+    budgets = list(budgets) or [None]
     settings = dict(settings or {})
     paths: dict[str, str] = {}
 
@@ -144,7 +141,7 @@ def write_reports(
         best[b] = rec
         if rec is None:
             continue
-        name = f"best_arch_{budget_tag(b)}.json"
+        name = f"best_arch_{LatencyBudgets.tag(b)}.json"
         paths[name] = os.path.join(output_dir, name)
         _write_json(
             paths[name],
@@ -184,10 +181,10 @@ def _markdown(records, front_idx, best, space, latency_mode, settings) -> str:
     ]
     for b, r in best.items():
         if r is None:
-            lines.append(f"| {budget_tag(b)} | no trial fits | | | | |")
+            lines.append(f"| {LatencyBudgets.tag(b)} | no trial fits | | | | |")
         else:
             lines.append(
-                f"| {budget_tag(b)} | {100 * r['top1']:.2f} | {r['latency_ms']:.4g} | "
+                f"| {LatencyBudgets.tag(b)} | {100 * r['top1']:.2f} | {r['latency_ms']:.4g} | "
                 f"{r['mflops']:.4g} | {r['trial_id']} | `{r['arch_key']}` |"
             )
     lines += [

@@ -20,6 +20,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from elasticvit_tf.arch import ArchConfig
+from elasticvit_tf.search.budgets import LatencyBudgets
 from elasticvit_tf.space import SearchSpace, get_space
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ class SearchConfig:
         space: expected space preset; None = the one recorded in the model_dir.
         latency_lut: latency LUT JSON (``elasticvit-lut``); required with a latency budget.
         latency_mode: quantization mode the LUT must hold (fp32, fp16, dynamic_int8, int8...).
-        latency_budgets_ms: one or more budgets; the oracle's constraint is the largest, the
-            best arch of every budget comes from all trials.
+        latency_budgets_ms: the budgets (``LatencyBudgets``; a sequence of milliseconds is
+            turned into one); the oracle's constraint is the largest, the best arch of every
+            budget comes from all trials.
         mflops_range: optional ``(lo, hi)`` FLOPs window (official MFLOPs).
         max_trials: trials in total (resuming counts the ones already done).
         population, parents: evolution sizes (spec: 512 and 256); parents None = population/2.
@@ -57,7 +59,7 @@ class SearchConfig:
     space: Optional[str] = None
     latency_lut: Optional[str] = None
     latency_mode: Optional[str] = None
-    latency_budgets_ms: tuple[float, ...] = ()
+    latency_budgets_ms: LatencyBudgets = LatencyBudgets()
     mflops_range: Optional[tuple[float, float]] = None
     max_trials: int = 256
     population: int = 64
@@ -76,11 +78,7 @@ class SearchConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        budgets = tuple(float(b) for b in self.latency_budgets_ms)
-        object.__setattr__(self, "latency_budgets_ms", budgets)
-        for b in budgets:
-            if not b > 0:
-                raise ValueError(f"latency budget {b:g} ms: expected positive budgets")
+        object.__setattr__(self, "latency_budgets_ms", LatencyBudgets.of(self.latency_budgets_ms))
         if self.mflops_range is not None:
             if len(self.mflops_range) != 2:
                 raise ValueError(f"mflops_range={self.mflops_range!r}: expected (lo, hi)")
@@ -104,7 +102,9 @@ class SearchConfig:
         return self.parents if self.parents is not None else max(1, self.population // 2)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as JSON values (the budgets as a list of milliseconds)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dict(d, latency_budgets_ms=self.latency_budgets_ms.to_list())
 
 
 # --------------------------------------------------------------------------------- pieces
@@ -144,17 +144,15 @@ def resolve_space(config: SearchConfig) -> tuple[SearchSpace, Optional[dict]]:
 
 def load_latency_predictor(config: SearchConfig, space: SearchSpace):
     """The LUT predictor, or a FLOPs proxy (1 ms per MFLOP, mode "flops") without a LUT."""
+    from elasticvit_tf import lut
     from elasticvit_tf.search import latency
 
     if not config.latency_lut:
         return latency.FlopsProxyPredictor(space, ms_per_mflop=1.0)
     if not os.path.isfile(config.latency_lut):
         raise ValueError(f"--latency_lut={config.latency_lut}: no such file; expected a LUT JSON")
-    load = getattr(latency, "load_predictor", None)
-    if load is None:
-        raise ValueError("this build has no LUT predictor (search/latency.py load_predictor)")
     try:
-        return load(config.latency_lut, space, mode=config.latency_mode)
+        return lut.load_predictor(config.latency_lut, space, mode=config.latency_mode)
     except ValueError as e:
         raise ValueError(f"--latency_lut={config.latency_lut}: {e}") from None
 
@@ -208,16 +206,13 @@ def build_evaluator(config: SearchConfig, space: SearchSpace):
 def build_oracle(config, space, predictor, initial_archs: Sequence[ArchConfig] = ()):
     from elasticvit_tf.search import oracle as oracle_lib
 
-    budget = max(config.latency_budgets_ms) if config.latency_budgets_ms else None
     common = dict(
         space=space,
         predictor=predictor,
-        latency_budget_ms=budget,
+        latency_budgets=config.latency_budgets_ms,
         mflops_range=config.mflops_range,
         max_trials=config.max_trials,
         seed=config.seed,
-        # several budgets: every one gets its share of the random draws (and of the parents)
-        budget_strata_ms=config.latency_budgets_ms if len(config.latency_budgets_ms) > 1 else (),
     )
     if config.oracle == "random":
         return oracle_lib.ConstrainedRandomOracle(**common)
@@ -261,10 +256,8 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
                 "written by elasticvit-lut)"
             )
         predictor = load_latency_predictor(config, space)
-    budget = max(config.latency_budgets_ms) if config.latency_budgets_ms else None
     # Every listed budget must admit the smallest subnet (a smaller one can never be met).
-    smallest_budget = min(config.latency_budgets_ms) if config.latency_budgets_ms else None
-    oracle_lib.check_feasible(space, predictor, smallest_budget, config.mflops_range)
+    oracle_lib.check_feasible(space, predictor, config.latency_budgets_ms, config.mflops_range)
 
     initial = []
     if (
@@ -305,11 +298,11 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
     records = report.trial_records(tuner.oracle, space)
     out_dir = config.output_dir or tuner.project_dir
     mode = getattr(predictor, "mode", None)
-    settings = {k: v for k, v in config.to_dict().items() if v not in (None, (), "")}
+    settings = {k: v for k, v in config.to_dict().items() if v not in (None, (), [], "")}
     settings.update(
         {
             "space": space.name,
-            "constraint_budget_ms": budget,
+            "constraint_budget_ms": config.latency_budgets_ms.constraint_ms,
             "oracle_rejections": oracle.rejections,
             "stop_reason": oracle.stop_reason,
         }

@@ -51,6 +51,7 @@ def define_flags() -> None:
 
 
 def config_from_flags(FLAGS):
+    from elasticvit_tf.search.budgets import LatencyBudgets
     from elasticvit_tf.search.search_lib import SearchConfig
 
     def floats(name, values):
@@ -69,7 +70,7 @@ def config_from_flags(FLAGS):
         space=FLAGS.space,
         latency_lut=FLAGS.latency_lut,
         latency_mode=FLAGS.latency_mode,
-        latency_budgets_ms=floats("latency_budget_ms", FLAGS.latency_budget_ms),
+        latency_budgets_ms=LatencyBudgets.parse(FLAGS.latency_budget_ms, "--latency_budget_ms"),
         mflops_range=mflops,
         max_trials=FLAGS.max_trials,
         population=FLAGS.population,

@@ -172,8 +172,8 @@ def main(argv=None) -> int:
 
 
 def fake_lut(space: SearchSpace, mode: str = "fp32") -> dict:
-    """A minimal LUT JSON (search/latency.py format): one linear model per block kind."""
-    from elasticvit_tf.latency_ops import OpKind
+    """A minimal LUT JSON (elasticvit_tf/lut.py format): one linear model per block kind."""
+    from elasticvit_tf.blocks import BlockKind
 
     return {
         "format": "elasticvit-latency-lut",
@@ -183,7 +183,7 @@ def fake_lut(space: SearchSpace, mode: str = "fp32") -> dict:
         "mode": mode,
         "entries": [],
         "models": {
-            k.value: {"features": ["macs"], "coef": [1e-5], "intercept": 0.01} for k in OpKind
+            k.value: {"features": ["macs"], "coef": [1e-5], "intercept": 0.01} for k in BlockKind
         },
         "constant_ms": 0.05,
         "provenance": {"target": "fake", "note": "tests/search_fakes.py"},

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from elasticvit_tf import flops
+from elasticvit_tf import blocks, flops
 from elasticvit_tf.arch import OFFICIAL_ENCODINGS, OFFICIAL_MIN_ARCH_ENCODINGS
 from elasticvit_tf.space import get_published_arch, get_space
 
@@ -95,3 +95,26 @@ def test_num_classes_changes_head_only():
 
 def test_published_encodings_cover_all_nine():
     assert len(OFFICIAL_ENCODINGS) == 9
+
+
+@pytest.mark.parametrize("space_name", ["tiny", "demo", "elasticvit"])
+def test_encode_decode_and_vectorised_flops_exact(space_name):
+    space = get_space(space_name)
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(200)] + [space.min_arch(), space.max_arch()]
+    enc = blocks.encode(space, archs)
+    assert enc.shape == (len(archs), blocks.num_columns(space))
+    assert [blocks.decode(space, r) for r in enc] == archs
+    got = flops.count_flops_encoded(space, enc)
+    expected = np.array([flops.count_flops(space, a) for a in archs])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+
+
+def test_vectorised_flops_published_models():
+    space = get_space("elasticvit")
+    # docs/method.md#flops reference values (repo formula, MFLOPs)
+    ref = {"elastic_T1": 62.92, "elastic_S1": 217.64, "elastic_M": 415.58, "elastic_L3": 815.40}
+    enc = blocks.encode(space, [get_published_arch(n) for n in ref])
+    np.testing.assert_allclose(
+        flops.count_flops_encoded(space, enc), list(ref.values()), atol=0.006
+    )

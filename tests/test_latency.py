@@ -1,18 +1,15 @@
-"""search/latency.py: FLOPs proxy, LUT loading (round trip, refusals), prediction, ranking."""
+"""search/latency.py and lut.py: FLOPs proxy, LUT loading (round trip, refusals), prediction,
+ranking."""
 
 import json
 
 import numpy as np
 import pytest
 
+from elasticvit_tf.blocks import BlockKind, block_features, enumerate_blocks, plan
 from elasticvit_tf.flops import count_flops
-from elasticvit_tf.latency_ops import OpKind, decompose, enumerate_ops, op_features
-from elasticvit_tf.search.latency import (
-    FlopsProxyPredictor,
-    LatencyPredictor,
-    LutLatencyPredictor,
-    load_predictor,
-)
+from elasticvit_tf.lut import LutLatencyPredictor, load_predictor
+from elasticvit_tf.search.latency import FlopsProxyPredictor, LatencyPredictor
 from elasticvit_tf.space import get_space
 
 
@@ -53,14 +50,14 @@ def test_flops_proxy_fit_and_bad_input():
 
 # ------------------------------------------------------------------------------ LUT
 def _block_ms(sig):
-    f = op_features(sig)
+    f = block_features(sig)
     return 0.003 + 2e-6 * f["macs"] + 1e-6 * f["act_elems"]
 
 
 def _lut(space, mode="fp32", measured_every=3):
     """A hand-made LUT: every 3rd signature measured; per-kind linear models exact."""
     entries, models = [], {}
-    for kind, sigs in enumerate_ops(space).items():
+    for kind, sigs in enumerate_blocks(space).items():
         for s in sigs[::measured_every]:
             entries.append({"op": s.to_dict(), "latency_ms": _block_ms(s) + 0.01})
         models[kind.value] = {
@@ -93,9 +90,9 @@ def test_lut_round_trip_and_prediction(tmp_path):
     q = LutLatencyPredictor.from_json(d, space)
     assert isinstance(p, LatencyPredictor) and p.mode == "fp32"
     measured = {e["op"]["kind"] for e in d["entries"]}
-    assert measured == {k.value for k in OpKind}
+    assert measured == {k.value for k in BlockKind}
     for a in _archs(space, 20, seed=5):
-        ops = decompose(space, a)
+        ops = plan(space, a)
         want = 0.1 + sum(_block_ms(s) + (0.01 if s in p.entries else 0.0) for s in ops)
         assert p.predict(a) == pytest.approx(want, rel=1e-9)
         assert q.predict(a) == p.predict(a)

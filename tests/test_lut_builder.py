@@ -1,14 +1,15 @@
 """LUT builder: design, per-type fits, calibration, JSON output (fake timings), real blocks."""
 
+import dataclasses
 import json
 import os
 
 import numpy as np
 import pytest
 
+from elasticvit_tf import lut as lut_lib
+from elasticvit_tf.blocks import BlockKind, BlockSpec, block_features, enumerate_blocks, plan
 from elasticvit_tf.export import lut_builder
-from elasticvit_tf.latency_ops import OpKind, OpSignature, decompose, enumerate_ops, op_features
-from elasticvit_tf.search.latency import load_predictor
 from elasticvit_tf.space import get_space
 
 # A known "device": every block costs 2 us + 1 ns per MAC + 0.5 ns per activation element;
@@ -18,12 +19,12 @@ _INVOKE_MS = 0.004
 
 
 def _fake_block_ms(sig):
-    f = op_features(sig)
+    f = block_features(sig)
     return 0.002 + 1e-6 * f["macs"] + 5e-7 * f["act_elems"]
 
 
 def _fake_whole(space, arch):
-    return sum(_fake_block_ms(s) for s in decompose(space, arch)) + _OVERHEAD_MS + _INVOKE_MS
+    return sum(_fake_block_ms(s) for s in plan(space, arch)) + _OVERHEAD_MS + _INVOKE_MS
 
 
 @pytest.fixture
@@ -70,15 +71,15 @@ def test_build_lut_writes_versioned_json_with_provenance(tmp_path, fake_device):
         assert prov["target"] == "local" and prov["num_threads"] == 1
         # Every block type got at least one measurement and a model, even on a tiny budget.
         kinds = {e["op"]["kind"] for e in d["entries"]}
-        assert kinds == {k.value for k in OpKind}
-        assert set(d["models"]) == {k.value for k in OpKind}
+        assert kinds == {k.value for k in BlockKind}
+        assert set(d["models"]) == {k.value for k in BlockKind}
     assert fake_device["arch"] >= 4  # >= 2 calibration subnets per mode
 
 
 def test_fit_recovers_a_linear_device_and_predicts_held_out_archs(fake_device):
     space = get_space("demo")
     lut = lut_builder.build_mode_lut(space, "fp32", budget_s=5.0, num_calibration=3)
-    pred = load_predictor(lut, space, "fp32")
+    pred = lut_lib.load_predictor(lut, space, "fp32")
     rng = np.random.default_rng(11)
     for _ in range(30):
         a = space.sample(rng)
@@ -87,20 +88,20 @@ def test_fit_recovers_a_linear_device_and_predicts_held_out_archs(fake_device):
     assert lut["invoke_overhead_ms"] == _INVOKE_MS
     # Entries are net of the invoke overhead.
     e = lut["entries"][0]
-    sig = OpSignature.from_dict(e["op"])
+    sig = BlockSpec.from_dict(e["op"])
     assert e["latency_ms"] == pytest.approx(_fake_block_ms(sig))
 
 
 def test_fit_kind_model_exact_on_linear_data():
-    sigs = enumerate_ops(get_space("demo"))[OpKind.MBCONV][:20]
-    ms = [3e-4 + 2e-6 * op_features(s)["macs"] + 1e-6 * op_features(s)["ops"] for s in sigs]
-    m = lut_builder.fit_kind_model(OpKind.MBCONV, sigs, ms)
-    assert m["features"] == list(lut_builder.KIND_FEATURES[OpKind.MBCONV])
+    sigs = enumerate_blocks(get_space("demo"))[BlockKind.MBCONV][:20]
+    ms = [3e-4 + 2e-6 * block_features(s)["macs"] + 1e-6 * block_features(s)["ops"] for s in sigs]
+    m = lut_builder.fit_kind_model(BlockKind.MBCONV, sigs, ms)
+    assert m["features"] == list(lut_builder.KIND_FEATURES[BlockKind.MBCONV])
     assert m["n_samples"] == 20
     assert m["train_mape"] < 1e-6
     assert all(c >= 0 for c in m["coef"])
     for s, y in zip(sigs, ms):
-        assert lut_builder.predict_kind(m, s) == pytest.approx(y, rel=1e-6)
+        assert lut_lib.predict_block(m, s) == pytest.approx(y, rel=1e-6)
 
 
 def test_kinds_with_few_samples_use_the_all_kinds_model():
@@ -112,8 +113,8 @@ def test_kinds_with_few_samples_use_the_all_kinds_model():
     more = lut_builder.fit_models({s: _fake_block_ms(s) for s in order[:12]})  # 2 per kind
     assert {m["source"] for m in more.values()} == {"kind"}
     assert all(m["features"] == ["macs"] for m in more.values())
-    head = [s for s in enumerate_ops(space)[OpKind.HEAD]][0]
-    assert lut_builder.predict_kind(models["head"], head) == pytest.approx(
+    head = [s for s in enumerate_blocks(space)[BlockKind.HEAD]][0]
+    assert lut_lib.predict_block(models["head"], head) == pytest.approx(
         _fake_block_ms(head), rel=0.05
     )
 
@@ -121,13 +122,13 @@ def test_kinds_with_few_samples_use_the_all_kinds_model():
 def test_design_order_covers_every_kind_first_with_extremes():
     space = get_space("demo")
     order = lut_builder.design_order(space, seed=0)
-    n_kinds = len(OpKind)
-    assert {s.kind for s in order[:n_kinds]} == set(OpKind)
-    assert len(order) == len(set(order)) == sum(len(v) for v in enumerate_ops(space).values())
-    for kind, sigs in enumerate_ops(space).items():
+    n_kinds = len(BlockKind)
+    assert {s.kind for s in order[:n_kinds]} == set(BlockKind)
+    assert len(order) == len(set(order)) == sum(len(v) for v in enumerate_blocks(space).values())
+    for kind, sigs in enumerate_blocks(space).items():
         first_two = [s for s in order if s.kind is kind][:2]
-        macs = [op_features(s)["macs"] for s in sigs]
-        assert {op_features(s)["macs"] for s in first_two} == {min(macs), max(macs)}
+        macs = [block_features(s)["macs"] for s in sigs]
+        assert {block_features(s)["macs"] for s in first_two} == {min(macs), max(macs)}
     assert lut_builder.design_order(space, seed=0) == order
 
 
@@ -146,7 +147,7 @@ def test_fit_calibration():
 
 def test_file_name_and_bad_input():
     assert (
-        lut_builder.lut_file_name("demo", "adb:R58M", "float32", 4, "2026-11-25T19:00:00+00:00")
+        lut_lib.file_name("demo", "adb:R58M", "float32", 4, "2026-11-25T19:00:00+00:00")
         == "lut_demo_adb-R58M_fp32_t4_20261125.json"
     )
     space = get_space("tiny")
@@ -172,10 +173,10 @@ def test_real_blocks_convert_builtin_only_and_time(tmp_path):
 
     space = get_space("tiny")
     sigs = [
-        OpSignature(OpKind.TRANSFORMER, 2, 32, 32, mlp_ratio=2, v_scale=2, head_dim=16),
-        OpSignature(OpKind.MBCONV, 12, 8, 16, stride=2, kernel=5, expand_ratio=2, se=True),
+        BlockSpec(BlockKind.TRANSFORMER, 2, 32, 32, mlp_ratio=2, v_scale=2, head_dim=16),
+        BlockSpec(BlockKind.MBCONV, 12, 8, 16, stride=2, kernel=5, expand_ratio=2, se=True),
     ]
-    assert all(s in set(enumerate_ops(space)[s.kind]) for s in sigs)
+    assert all(s in set(enumerate_blocks(space)[s.kind]) for s in sigs)
     from elasticvit_tf.export.lut_blocks import build_op_model
 
     for sig, mode in zip(sigs, ("int8", "fp32")):
@@ -185,12 +186,13 @@ def test_real_blocks_convert_builtin_only_and_time(tmp_path):
         assert schema.BuiltinOperator.CUSTOM not in codes
         if mode == "int8":
             assert schema.BuiltinOperator.QUANTIZE in codes
-        st = lut_builder.time_tflite(tfl, num_threads=1, warmup=2, runs=5)
-        assert st["median_ms"] > 0 and st["runs"] >= 5
-        cpu = lut_builder.time_tflite(tfl, num_threads=1, warmup=2, runs=5, clock="cpu")
+        cfg = lut_builder.MeasureConfig(warmup=2, runs=5, min_time_s=0.0, sessions=1)
+        st = lut_builder.time_model(tfl, cfg)
+        assert st["median_ms"] > 0 and st["robust_cv"] >= 0
+        cpu = lut_builder.time_model(tfl, dataclasses.replace(cfg, clock="cpu"))
         assert cpu["median_ms"] > 0
         with pytest.raises(ValueError, match="num_threads=1"):
-            lut_builder.time_tflite(tfl, num_threads=2, clock="cpu")
+            lut_builder.time_model(tfl, dataclasses.replace(cfg, num_threads=2, clock="cpu"))
 
 
 def test_binary_bad_input_exits_2_with_one_line(tmp_path):

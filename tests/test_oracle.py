@@ -9,6 +9,7 @@ from search_fakes import FakePredictor, enumerate_archs, fake_top1, small_space
 
 from elasticvit_tf.flops import count_flops
 from elasticvit_tf.search import oracle as oracle_lib
+from elasticvit_tf.search.budgets import LatencyBudgets
 from elasticvit_tf.space import get_space
 
 
@@ -35,7 +36,8 @@ def _drive(oracle, space, n=None, tuner_id="t0"):
 
 def _evolution(space, pred, budget, **kw):
     kw = {"population": 8, "parents": 4, "max_trials": 40, "seed": 0, **kw}
-    return oracle_lib.ConstrainedEvolutionOracle(space, pred, latency_budget_ms=budget, **kw)
+    budgets = LatencyBudgets(() if budget is None else (budget,))
+    return oracle_lib.ConstrainedEvolutionOracle(space, pred, latency_budgets=budgets, **kw)
 
 
 @pytest.mark.slow
@@ -50,7 +52,7 @@ def test_evolution_finds_in_budget_optimum_and_beats_random(tmp_path):
     assert optimum < max(fake_top1(space, a) for a in archs)  # the budget binds
     evo, rnd = [], []
     for seed in range(4):
-        kw = dict(latency_budget_ms=budget, max_trials=150, seed=seed)
+        kw = dict(latency_budgets=LatencyBudgets((budget,)), max_trials=150, seed=seed)
         o = _open(
             oracle_lib.ConstrainedEvolutionOracle(space, pred, population=16, parents=8, **kw),
             tmp_path,
@@ -71,7 +73,9 @@ def test_never_emits_an_arch_over_budget_or_outside_the_window(tmp_path, kind):
     lat = [pred.predict(space.sample(rng)) for _ in range(500)]
     budget = float(np.percentile(lat, 30))
     window = (0.5, 2.5)
-    kw = dict(latency_budget_ms=budget, mflops_range=window, max_trials=150, seed=1)
+    kw = dict(
+        latency_budgets=LatencyBudgets((budget,)), mflops_range=window, max_trials=150, seed=1
+    )
     if kind == "evolution":
         # mutation_prob 1 and uniform draws: maximal pressure towards invalid children.
         o = oracle_lib.ConstrainedEvolutionOracle(
@@ -92,13 +96,15 @@ def test_infeasible_budget_stops_and_is_detected_up_front(tmp_path):
     pred = FakePredictor(space)
     smallest = pred.predict(space.min_arch())
     with pytest.raises(ValueError, match="below the smallest subnet's predicted latency"):
-        oracle_lib.check_feasible(space, pred, latency_budget_ms=0.5 * smallest)
+        oracle_lib.check_feasible(space, pred, LatencyBudgets((0.5 * smallest, smallest)))
     with pytest.raises(ValueError, match="does not overlap the FLOPs"):
         oracle_lib.check_feasible(space, pred, mflops_range=(100, 200))
-    oracle_lib.check_feasible(space, pred, latency_budget_ms=smallest, mflops_range=(0, 1))
+    oracle_lib.check_feasible(space, pred, LatencyBudgets((smallest,)), mflops_range=(0, 1))
     for o in (
         _evolution(space, pred, 0.5 * smallest, max_attempts=50),
-        oracle_lib.ConstrainedRandomOracle(space, pred, latency_budget_ms=0.5 * smallest),
+        oracle_lib.ConstrainedRandomOracle(
+            space, pred, latency_budgets=LatencyBudgets((0.5 * smallest,))
+        ),
     ):
         trial = _open(o, tmp_path, type(o).__name__).create_trial("t0")
         assert trial.status == TrialStatus.STOPPED
@@ -231,7 +237,7 @@ def test_reload_repairs_a_kill_between_file_writes(tmp_path):
 def test_bad_arguments():
     space = get_space("tiny")
     with pytest.raises(ValueError, match="no latency predictor"):
-        oracle_lib.ConstrainedRandomOracle(space, None, latency_budget_ms=1.0)
+        oracle_lib.ConstrainedRandomOracle(space, None, latency_budgets=LatencyBudgets((1.0,)))
     with pytest.raises(ValueError, match="parents=8"):
         oracle_lib.ConstrainedEvolutionOracle(space, population=8, parents=8)
     with pytest.raises(ValueError, match="mflops_range"):
@@ -247,10 +253,14 @@ def test_budget_strata_give_every_budget_candidates(tmp_path, kind):
     cls = {"evolution": _evolution, "random": None}[kind]
 
     def make(strata):
-        kw = dict(max_trials=24, seed=1, budget_strata_ms=strata)
+        budgets = LatencyBudgets(strata or (loose,))  # several budgets: strata
         if cls is None:
-            return oracle_lib.ConstrainedRandomOracle(space, pred, latency_budget_ms=loose, **kw)
-        return cls(space, pred, loose, **kw)
+            return oracle_lib.ConstrainedRandomOracle(
+                space, pred, latency_budgets=budgets, max_trials=24, seed=1
+            )
+        return oracle_lib.ConstrainedEvolutionOracle(
+            space, pred, latency_budgets=budgets, max_trials=24, seed=1, population=8, parents=4
+        )
 
     def per_budget(archs):
         ms = [pred.predict(a) for a in archs]
@@ -267,10 +277,8 @@ def test_budget_strata_give_every_budget_candidates(tmp_path, kind):
     resumed = _open(make((tight, mid, loose)), tmp_path, f"{kind}_r")
     resumed.reload()
     assert [a.key() for a in first + _drive(resumed, space)] == [a.key() for a in strat]
-    # Strata above the constraint, or without a predictor, are refused.
-    with pytest.raises(ValueError, match="budget_strata_ms: .* expected positive budgets <="):
-        oracle_lib.ConstrainedRandomOracle(
-            space, pred, latency_budget_ms=mid, budget_strata_ms=(tight, loose)
-        )
+    # Budgets without a predictor are refused; plain numbers are not budgets.
     with pytest.raises(ValueError, match="no latency predictor"):
-        oracle_lib.ConstrainedRandomOracle(space, None, budget_strata_ms=(tight,))
+        oracle_lib.ConstrainedRandomOracle(space, None, latency_budgets=LatencyBudgets((tight,)))
+    with pytest.raises(ValueError, match="expected a LatencyBudgets"):
+        oracle_lib.ConstrainedRandomOracle(space, pred, latency_budgets=(tight, loose))

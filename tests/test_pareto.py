@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from elasticvit_tf.search import report
+from elasticvit_tf.search.budgets import LatencyBudgets
 from elasticvit_tf.search.pareto import dominates, pareto_front
 from elasticvit_tf.space import get_space
 
@@ -69,7 +70,7 @@ def test_write_reports_outputs(tmp_path):
     space = get_space("tiny")
     recs = _records(space)
     paths = report.write_reports(
-        str(tmp_path), recs, space, budgets=[3.0, 5.0, 0.5], latency_mode="fp32"
+        str(tmp_path), recs, space, budgets=LatencyBudgets((3.0, 5.0, 0.5)), latency_mode="fp32"
     )
     for name in ("pareto.json", "pareto.png", "report.md", "best_arch_3.json", "best_arch_5.json"):
         assert os.path.isfile(tmp_path / name), name

@@ -429,7 +429,7 @@ def test_guide_2_official_checkpoint_convert_and_export(tmp_path, ctx):
 
 
 def _budgets(lut_path, fractions):
-    from elasticvit_tf.search.latency import load_predictor
+    from elasticvit_tf.lut import load_predictor
     from elasticvit_tf.space import get_space
 
     space = get_space("tiny")

@@ -14,6 +14,7 @@ from keras_tuner.engine.trial import Trial, TrialStatus
 from search_fakes import FakePredictor, fake_top1
 
 from elasticvit_tf.flops import count_flops
+from elasticvit_tf.search.budgets import LatencyBudgets
 from elasticvit_tf.search.hyperparameters import arch_to_values, values_to_arch
 from elasticvit_tf.search.oracle import ConstrainedEvolutionOracle
 from elasticvit_tf.search.tuner import SupernetTuner
@@ -34,7 +35,13 @@ class CountingEvaluator:
 def _tuner(tmp_path, space, evaluator, max_trials):
     pred = FakePredictor(space, ms_per_mflop=2.0)
     oracle = ConstrainedEvolutionOracle(
-        space, pred, latency_budget_ms=4.0, max_trials=max_trials, population=6, parents=3, seed=3
+        space,
+        pred,
+        latency_budgets=LatencyBudgets((4.0,)),
+        max_trials=max_trials,
+        population=6,
+        parents=3,
+        seed=3,
     )
     return SupernetTuner(
         oracle, space, evaluator, predictor=pred, directory=str(tmp_path), project_name="p"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from elasticvit_tf.search.budgets import LatencyBudgets
+
 # Per-stage settings of the full run and of ``--quick`` (same code path, smaller numbers).
 FULL_PLAN: dict[str, Any] = {
     "train_minutes": 9.0,
@@ -99,7 +101,7 @@ class DemoConfig:
     train_steps: Optional[int] = None
     max_train_examples: Optional[int] = None
     max_trials: Optional[int] = None
-    budgets_ms: tuple[float, ...] = ()
+    budgets_ms: LatencyBudgets = LatencyBudgets()
     lut_budget_s: Optional[float] = None
     resume: bool = True
     num_threads: int = 1
@@ -107,12 +109,12 @@ class DemoConfig:
     verbose: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "budgets_ms", tuple(float(b) for b in self.budgets_ms))
+        try:
+            object.__setattr__(self, "budgets_ms", LatencyBudgets.of(self.budgets_ms))
+        except ValueError as e:
+            raise ValueError(f"budgets_ms: {e}") from None
         if not self.output_dir:
             raise ValueError("output_dir: expected a directory path, received an empty string")
-        for b in self.budgets_ms:
-            if not b > 0:
-                raise ValueError(f"budgets_ms: expected positive milliseconds, received {b:g}")
         for name in ("train_steps", "max_train_examples", "max_trials", "num_threads"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -137,7 +139,9 @@ class DemoConfig:
         return plan
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as JSON values (the budgets as a list of milliseconds)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dict(d, budgets_ms=self.budgets_ms.to_list())
 
 
 def command_line(config: DemoConfig) -> str:

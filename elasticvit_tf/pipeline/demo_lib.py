@@ -43,6 +43,7 @@ from elasticvit_tf.pipeline.stages import (
     search_config,
     train_config,
 )
+from elasticvit_tf.search.budgets import LatencyBudgets
 
 STAGES = ("train", "lut", "search", "export")
 
@@ -116,24 +117,24 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     stages["lut"] = {"seconds": secs, "reused": reused}
     fp32 = lut_res["modes"][LATENCY_MODE]
     if config.budgets_ms:
-        budgets, budget_source = sorted(config.budgets_ms), "--budgets_ms"
+        budgets, budget_source = config.budgets_ms, "--budgets_ms"
     else:
-        budgets = choose_budgets(fp32["min_arch_ms"], fp32["max_arch_ms"])
+        budgets = LatencyBudgets(tuple(choose_budgets(fp32["min_arch_ms"], fp32["max_arch_ms"])))
         budget_source = "25/50/75% between the min and max subnet's predicted fp32 latency"
     log(
         f"[lut] predicted fp32: min subnet {fp32['min_arch_ms']:.3f} ms, max subnet "
-        f"{fp32['max_arch_ms']:.3f} ms; budgets {budgets} ms ({budget_source})"
+        f"{fp32['max_arch_ms']:.3f} ms; budgets {budgets.to_list()} ms ({budget_source})"
     )
 
     # ---- search
-    banner(f"stage 3/4: search under budgets {budgets} ms ({LATENCY_MODE})")
+    banner(f"stage 3/4: search under budgets {budgets.to_list()} ms ({LATENCY_MODE})")
     sc = search_config(plan, config, layout, lut_res["paths"][LATENCY_MODE], budgets)
     search_fp = fingerprint(
         {
             "plan": {k: v for k, v in plan.items() if k.startswith("search_")},
             "seed": config.seed,
             "trials": [plan["max_trials"], plan["population"]],
-            "budgets": budgets,
+            "budgets": budgets.to_list(),
             "train": train_fp,
             "lut": lut_fp,
             "impl": 2,  # per-budget fallback searches

@@ -51,11 +51,9 @@ def define_flags() -> None:
 
 def config_from_flags(FLAGS):
     from elasticvit_tf.pipeline.demo_config import DemoConfig
+    from elasticvit_tf.search.budgets import LatencyBudgets
 
-    try:
-        budgets = tuple(float(b) for b in FLAGS.budgets_ms)
-    except ValueError:
-        raise ValueError(f"--budgets_ms={','.join(FLAGS.budgets_ms)}: expected numbers") from None
+    budgets = LatencyBudgets.parse(FLAGS.budgets_ms, "--budgets_ms")
     return DemoConfig(
         output_dir=FLAGS.output_dir,
         quick=FLAGS.quick,

@@ -15,6 +15,8 @@ import os
 import shutil
 from typing import Any, Optional
 
+from elasticvit_tf.search.budgets import LatencyBudgets
+
 GOAL_LARGEST_TOP1 = 85.0  # percent, Fashion-MNIST test top-1 of the largest chosen subnet
 GOAL_EVERY_TOP1 = 80.0  # percent, every chosen subnet in float
 GOAL_INT8_DROP = 1.0  # points, int8 vs float
@@ -94,7 +96,7 @@ def build_report(ctx: dict) -> dict:
     plan, train = ctx["plan"], ctx["train"]
     chosen = []
     for b in ctx["budgets_ms"]:
-        tag = f"{b:g}"
+        tag = LatencyBudgets.tag(b)
         rec = ctx["search"]["best"].get(tag)
         exp = ctx["export"]["budgets"].get(tag)
         row = {"budget_ms": b, "found": rec is not None}

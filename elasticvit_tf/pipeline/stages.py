@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, Optional
 
 from elasticvit_tf.pipeline.demo_config import DemoConfig
+from elasticvit_tf.search.budgets import LatencyBudgets
 
 BUDGET_FRACTIONS = (0.25, 0.5, 0.75)
 LATENCY_MODE = "fp32"
@@ -214,15 +215,15 @@ def lut_settings(plan: dict, config: DemoConfig) -> dict:
 
 
 def run_lut(space, plan: dict, config: DemoConfig, layout, log=print) -> dict:
+    from elasticvit_tf import lut as lut_lib
     from elasticvit_tf.export import lut_builder
-    from elasticvit_tf.search import latency
 
     out = lut_builder.build_lut(
         space, output_path=layout.lut_dir, log=log, **lut_settings(plan, config)
     )
     result = {"paths": {}, "files": [], "modes": {}}
     for mode, r in out.items():
-        pred = latency.load_predictor(r["path"], space, mode=mode)
+        pred = lut_lib.load_predictor(r["path"], space, mode=mode)
         lut = r["lut"]
         result["paths"][mode] = r["path"]
         result["files"].append(r["path"])
@@ -254,7 +255,7 @@ def search_config(plan: dict, config: DemoConfig, layout, lut_path: str, budgets
         space="demo",
         latency_lut=lut_path,
         latency_mode=LATENCY_MODE,
-        latency_budgets_ms=tuple(budgets),
+        latency_budgets_ms=budgets,
         max_trials=plan["max_trials"],
         population=plan["population"],
         seed=config.seed,
@@ -326,33 +327,33 @@ def run_search_stage(sc, space, log=print) -> dict:
     from elasticvit_tf.search.report import plot_pareto
 
     res = _search(sc, log)
-    best = {f"{b:g}": _best_record(space, b, res["best"].get(b), "") for b in res["best"]}
+    tag = LatencyBudgets.tag
+    best = {tag(b): _best_record(space, b, res["best"].get(b), "") for b in res["best"]}
     points = _points(res, "")
     paths = dict(res["paths"])
     trials, extra = res["trials"], []
     project_dir = res["project_dir"]
     for b in sc.latency_budgets_ms:
-        tag = f"{b:g}"
-        if best.get(tag) is not None:
+        if best.get(tag(b)) is not None:
             continue
         n = max(3, sc.max_trials // 4)
         sub = dataclasses.replace(
             sc,
-            latency_budgets_ms=(b,),
+            latency_budgets_ms=LatencyBudgets((b,)),
             max_trials=n,
             population=min(sc.population, n),
             directory=project_dir,
-            project_name=f"{sc.project_name}_{tag}ms",
+            project_name=f"{sc.project_name}_{tag(b)}ms",
             output_dir=None,
         )
-        log(f"[search] no trial fits {tag} ms: a {n}-trial search constrained to {tag} ms")
+        log(f"[search] no trial fits {b:g} ms: a {n}-trial search constrained to {b:g} ms")
         r = _search(sub, log)
-        prefix = f"{tag}ms/"
-        best[tag] = _best_record(space, b, r["best"].get(b), prefix)
+        prefix = f"{tag(b)}ms/"
+        best[tag(b)] = _best_record(space, b, r["best"].get(b), prefix)
         points += _points(r, prefix)
         trials += r["trials"]
-        extra.append(dataclasses.asdict(sub))
-        paths.update({f"{tag}ms/{k}": v for k, v in r["paths"].items()})
+        extra.append(sub.to_dict())
+        paths.update({f"{prefix}{k}": v for k, v in r["paths"].items()})
     front_idx = pareto_front([(p["latency_ms"], p["top1"]) for p in points])
     front = [points[i]["trial_id"] for i in front_idx]
     for p in points:

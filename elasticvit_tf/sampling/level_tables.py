@@ -8,8 +8,8 @@ drawn for a whole batch at once by ``BinSampler``: the resolution, the stem and 
 (depth, a, b) are independent uniform picks and each width a uniform pick above the previous
 width, so a draw is a row of choice indices, and its FLOPs are a sum of per-part look-up
 tables indexed by (resolution, input width, width, combo) that were filled once with the
-official formula in exact integer MACs (``flops_macs_encoded`` is the same formula on
-encoded archs and equals ``flops.count_flops``). Measured (``benchmarks/flops_tables.py``):
+official formula of ``blocks.py`` in exact integer MACs (``flops.macs_encoded`` is the same
+formula on encoded archs and equals ``flops.count_flops``). Measured (``benchmarks/flops_tables.py``):
 about 5e6 proposals per CPU-second, i.e. ~1,700 accepted archs per CPU-second even at the
 rarest official level (500 MFLOPs, 0.03 % acceptance), versus ~1-2 per second one arch at a
 time in Python.
@@ -28,9 +28,7 @@ Differences from the official tables, on purpose:
   * when a bin holds fewer distinct archs than asked (small spaces), the table keeps every arch
     found within ``max_draws`` draws and records ``complete=False``.
 
-Encoding (one int32 row per arch): ``[resolution, stem width, stem depth, stem kernel]`` then per
-stage ``[width, depth, a, b]`` with (a, b) = (expand_ratio, kernel) for conv stages and
-(mlp_ratio, v_scale) for transformer stages.
+Archs are stored as the int32 rows of ``blocks.encode``.
 """
 
 from __future__ import annotations
@@ -47,51 +45,21 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from elasticvit_tf.arch import ArchConfig, StageArch, StemArch
+from elasticvit_tf.arch import ArchConfig
+from elasticvit_tf.blocks import (
+    STAGE_COLUMNS,
+    STEM_COLUMNS,
+    decode,
+    head_macs,
+    num_columns,
+    sides_table,
+    stage_macs,
+    stem_macs,
+)
 from elasticvit_tf.space import SearchSpace
 
-_DQ = 16  # per-head q/k dim (QK scale 1), as in flops.py
-_STEM_COLS = 4
-_STAGE_COLS = 4
 DEFAULT_TABLE_SIZE = 2000
 DEFAULT_TABLE_SEED = 2023  # the official tables' seed
-
-
-def num_columns(space: SearchSpace) -> int:
-    return _STEM_COLS + _STAGE_COLS * len(space.stages)
-
-
-# ------------------------------------------------------------------------------- encoding
-def encode(space: SearchSpace, archs: Sequence[ArchConfig]) -> np.ndarray:
-    """Archs -> (n, num_columns) int32 rows (see module docstring)."""
-    rows = []
-    for a in archs:
-        row = [a.resolution, a.stem.width, a.stem.depth, a.stem.kernel]
-        for s, ss in zip(a.stages, space.stages):
-            if ss.is_transformer:
-                row += [s.width, s.depth, s.mlp_ratio, s.v_scale]
-            else:
-                row += [s.width, s.depth, s.expand_ratio, s.kernel]
-        rows.append(row)
-    return np.asarray(rows, dtype=np.int32).reshape(len(rows), num_columns(space))
-
-
-def decode(space: SearchSpace, row: Sequence[int]) -> ArchConfig:
-    """One encoded row -> ``ArchConfig``."""
-    row = [int(v) for v in row]
-    if len(row) != num_columns(space):
-        raise ValueError(
-            f"encoded arch has {len(row)} values; space '{space.name}' needs "
-            f"{num_columns(space)}"
-        )
-    stages = []
-    for i, ss in enumerate(space.stages):
-        w, d, a, b = row[_STEM_COLS + _STAGE_COLS * i : _STEM_COLS + _STAGE_COLS * (i + 1)]
-        if ss.is_transformer:
-            stages.append(StageArch(w, d, mlp_ratio=a, v_scale=b))
-        else:
-            stages.append(StageArch(w, d, expand_ratio=a, kernel=b))
-    return ArchConfig(row[0], StemArch(row[1], row[2], row[3]), tuple(stages))
 
 
 # ------------------------------------------------------------------------ batched sampling
@@ -124,7 +92,7 @@ def sample_encoded(
     prev = out[:, 1]
     for i, s in enumerate(space.stages):
         ms = m.stages[i] if m is not None else None
-        j = _STEM_COLS + _STAGE_COLS * i
+        j = STEM_COLUMNS + STAGE_COLUMNS * i
         out[:, j + 1] = _pick(rng, s.depths, ms and ms.depth, n)
         lo = np.maximum(prev, ms.width) if ms is not None else prev
         out[:, j] = _pick(rng, s.widths, lo, n)
@@ -136,83 +104,6 @@ def sample_encoded(
             out[:, j + 3] = _pick(rng, s.kernels, None, n)
         prev = out[:, j]
     return out
-
-
-# ------------------------------------------------------------------------- batched FLOPs
-# The part functions broadcast over numpy int64 arrays (or plain ints); they are the official
-# formula of flops.py, split by part so that per-stage look-up tables can be built from them.
-def _stem_macs(s0, c0, d0, k0):
-    return 27 * c0 * s0 * s0 + d0 * (c0 * s0 * s0 * k0 * k0 + c0 * c0 * s0 * s0)
-
-
-def _conv_block(cin, c, e, k, stride2: bool, se: bool, s):
-    s_in = 2 * s if stride2 else s
-    inner = cin * e
-    f = cin * inner * s_in * s_in + inner * k * k * s * s + inner * c * s * s
-    if se:
-        f = f + 2 * inner * (inner // 4)
-    if stride2:
-        f = f + cin * c * s * s
-    return f
-
-
-def _stage_macs(space: SearchSpace, i: int, s, cin, c, d, a, b):
-    """MACs of stage i (side s, input width cin, width c, depth d, fields a, b)."""
-    ss = space.stages[i]
-    if not ss.is_transformer:
-        first = _conv_block(cin, c, a, b, ss.downsample, ss.se, s)
-        rest = _conv_block(c, c, a, b, False, ss.se, s)
-        return first + (d - 1) * rest
-    s_in = 2 * s if ss.downsample else s
-    inner = space.transition_expand * cin
-    kk = space.transition_kernel * space.transition_kernel
-    transition = cin * inner * s_in * s_in + inner * kk * s * s + inner * c * s * s
-    h = c // space.head_dim
-    dv = 16 * b
-    n = s * s
-    core = h * n * n * _DQ + h * n * n + h * dv * n * n  # q@k, softmax, attn@v
-    core = core + c * n * (2 * _DQ * h + dv * h) + n * dv * h * c  # qkv + proj
-    core = core + n * dv * h  # V depthwise, 1 MAC per output (official quirk)
-    core = core + 2 * c * (a * c) * n  # FFN
-    return transition + d * core
-
-
-def _head_macs(space: SearchSpace, s5, c5, num_classes: int):
-    hc = space.head_mul * c5
-    return c5 * hc * s5 * s5 + hc * space.head_width + space.head_width * num_classes
-
-
-def _sides_table(space: SearchSpace, resolutions: Sequence[int]) -> np.ndarray:
-    return np.asarray([space.feature_sides(r) for r in resolutions], dtype=np.int64)
-
-
-def flops_macs_encoded(
-    space: SearchSpace, enc: np.ndarray, num_classes: Optional[int] = None
-) -> np.ndarray:
-    """Exact integer MACs (official formula, docs/method.md#flops) of every encoded row: (n,) int64.
-
-    Equals ``flops.count_flops(space, decode(space, row)) * 1e6`` row by row.
-    """
-    num_classes = space.num_classes if num_classes is None else num_classes
-    enc = np.asarray(enc, dtype=np.int64).reshape(-1, num_columns(space))
-    res = np.asarray(space.resolutions)
-    idx = np.minimum(np.searchsorted(res, enc[:, 0]), len(res) - 1)
-    if np.any(res[idx] != enc[:, 0]):
-        raise ValueError(f"encoded resolutions not in space '{space.name}': {list(res)}")
-    sides = _sides_table(space, space.resolutions)[idx]
-    total = _stem_macs(sides[:, 0], enc[:, 1], enc[:, 2], enc[:, 3])
-    cin = enc[:, 1]
-    for i in range(len(space.stages)):
-        j = _STEM_COLS + _STAGE_COLS * i
-        c, d, a, b = enc[:, j], enc[:, j + 1], enc[:, j + 2], enc[:, j + 3]
-        total = total + _stage_macs(space, i, sides[:, i + 1], cin, c, d, a, b)
-        cin = c
-    return total + _head_macs(space, sides[:, -1], cin, num_classes)
-
-
-def count_flops_encoded(space: SearchSpace, enc: np.ndarray) -> np.ndarray:
-    """MFLOPs (float64) of every encoded row."""
-    return flops_macs_encoded(space, enc) / 1e6
 
 
 # --------------------------------------------------------------- fast restricted proposal
@@ -237,7 +128,7 @@ class BinSampler:
             return [c for c in choices if lo is None or c >= lo]
 
         self.res = np.asarray(at_least(space.resolutions, m and m.resolution), dtype=np.int64)
-        sides = _sides_table(space, self.res)  # (R, 1 + stages)
+        sides = sides_table(space, self.res)  # (R, 1 + stages)
         st = space.stem
         stem_combos = [
             (c0, d0, k0)
@@ -247,7 +138,7 @@ class BinSampler:
         ]
         self.stem_combos = np.asarray(stem_combos, dtype=np.int64)  # (S, 3)
         sc = self.stem_combos
-        self.stem_tab = _stem_macs(sides[:, :1], sc[None, :, 0], sc[None, :, 1], sc[None, :, 2])
+        self.stem_tab = stem_macs(sides[:, :1], sc[None, :, 0], sc[None, :, 1], sc[None, :, 2])
         prev_widths = np.asarray(st.widths, dtype=np.int64)
         self.stem_prev = np.searchsorted(prev_widths, sc[:, 0])  # index in stem.widths
         self.stages = []
@@ -269,7 +160,7 @@ class BinSampler:
                 dtype=np.int64,
             )
             s = sides[:, i + 1][:, None, None, None]
-            tab = _stage_macs(
+            tab = stage_macs(
                 space,
                 i,
                 s,
@@ -289,7 +180,7 @@ class BinSampler:
                 }
             )
             prev_widths = widths
-        self.head_tab = _head_macs(
+        self.head_tab = head_macs(
             space, sides[:, -1:], prev_widths[None, :], space.num_classes
         )  # (R, W5)
         self.num_index_columns = 2 + 2 * len(space.stages)
@@ -321,7 +212,7 @@ class BinSampler:
         out[:, 0] = self.res[idx[:, 0]]
         out[:, 1:4] = self.stem_combos[idx[:, 1]]
         for i, st in enumerate(self.stages):
-            j = _STEM_COLS + _STAGE_COLS * i
+            j = STEM_COLUMNS + STAGE_COLUMNS * i
             out[:, j] = st["widths"][idx[:, 2 + 2 * i]]
             out[:, j + 1 : j + 4] = st["combos"][idx[:, 3 + 2 * i]]
         return out
