@@ -5,7 +5,9 @@ The active subnet of each *slot* is a row of one int32 non-trainable variable ``
 (shape ``[num_slots, 4 + 4 * num_stages]``), the arch's encoded row (``blocks.arch_row``:
 ``[resolution, stem width, stem depth, stem kernel]`` then per stage ``[width, depth, a, b]``). Widths, depths (``tf.cond``),
 kernels (``tf.switch_case``), ratios and the resolution are read from it inside the graph, so
-``set_arch`` never retraces; ``slot`` is a Python int (one graph branch per slot used).
+``set_arch`` never retraces. The forward's ``slot`` is a Python int (one graph branch per slot
+used) or a scalar integer tensor (a *graph slot*: one branch that indexes ``arch`` at run time,
+e.g. in a step that loops over slots inside the graph; its range is not checked on the host).
 
 Variable paths (Keras ``variable.path``), Cmax = stage max width::
 
@@ -183,7 +185,16 @@ class ElasticSupernet(keras.Model):
         return [self.arch]
 
     # ---------------------------------------------------------------------------- archs
-    def _check_slot(self, slot):
+    def _check_slot(self, slot, allow_tensor: bool = False):
+        """``slot`` as a Python int in ``[0, num_slots)``; with ``allow_tensor`` (the forward
+        passes) a scalar integer tensor is returned as it is."""
+        if allow_tensor and tf.is_tensor(slot):
+            if slot.shape.rank != 0 or not slot.dtype.is_integer:
+                raise ValueError(
+                    f"slot: a tensor slot must be a scalar integer, got shape {slot.shape} "
+                    f"and dtype {slot.dtype.name}"
+                )
+            return slot
         if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)):
             raise ValueError(  # noqa: TRY004
                 f"slot={slot!r}; expected a Python int in [0, {self.num_slots})"
@@ -233,8 +244,9 @@ class ElasticSupernet(keras.Model):
         return self.forward_head(feats, training=training, slot=slot)
 
     def forward_features(self, images, training=None, slot=0):
-        """Resize to the slot's resolution, first conv, stem and all stages: tokens (B, N, C)."""
-        slot = self._check_slot(slot)
+        """Resize to the slot's resolution, first conv, stem and all stages: tokens (B, N, C).
+        ``slot``: a Python int or a scalar integer tensor (see the module docstring)."""
+        slot = self._check_slot(slot, allow_tensor=True)
         training = bool(training)
         sp = self.space
         d = self._dims(slot)
@@ -277,7 +289,7 @@ class ElasticSupernet(keras.Model):
         return x
 
     def forward_head(self, features, training=None, slot=0):
-        self._check_slot(slot)
+        self._check_slot(slot, allow_tensor=True)
         return self.head(features, training=bool(training))
 
     # ---------------------------------------------------------------------- weight decay

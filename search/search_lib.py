@@ -1,4 +1,6 @@
-"""Flag-free search library: ``run_search(SearchConfig) -> dict`` (used by the binary and demo).
+"""Flag-free search library: ``run_search(SearchConfig) -> dict`` (used by the binary and demo),
+and ``run_budget_searches`` (one search under several budgets, a fallback search per budget
+that no trial fits).
 
 Steps: resolve the space (from the model_dir's config), load the latency predictor (a LUT for
 one quantization mode, refused if it belongs to another space or mode), check the constraints
@@ -17,7 +19,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from elasticvit_tf.arch import ArchConfig
 from elasticvit_tf.search.budgets import LatencyBudgets
@@ -329,3 +331,137 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
 
 def _never_called(arch):
     raise RuntimeError("the chief serves the oracle and never evaluates archs")
+
+
+# -------------------------------------------------------------------------- several budgets
+def completed_trials(project_dir: str) -> int:
+    """Trials of a Keras Tuner project whose ``trial.json`` says COMPLETED (the progress of a
+    search running in another thread or process); 0 before the project exists."""
+    if not os.path.isdir(project_dir):
+        return 0
+    n = 0
+    for name in os.listdir(project_dir):
+        try:
+            with open(os.path.join(project_dir, name, "trial.json")) as f:
+                n += json.load(f).get("status") == "COMPLETED"
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+    return n
+
+
+def _chosen(space: SearchSpace, budget: float, rec: Optional[dict], prefix: str):
+    """The best record of one budget as the budget searches report it (params included)."""
+    from elasticvit_tf.flops import count_params
+
+    if rec is None:
+        return None
+    return {
+        "budget_ms": budget,
+        "trial_id": prefix + str(rec["trial_id"]),
+        "arch_key": rec["arch_key"],
+        "arch": rec["arch"],
+        "search_top1": rec["top1"],
+        "latency_ms": rec["latency_ms"],
+        "mflops": rec["mflops"],
+        "params_m": count_params(space, ArchConfig.from_dict(rec["arch"])) / 1e6,
+    }
+
+
+def _front_points(result: dict, prefix: str) -> list[dict]:
+    """The trials of one search (from its ``pareto.json``), trial ids prefixed."""
+    try:
+        with open(result["paths"]["pareto.json"]) as f:
+            points = json.load(f).get("points", [])
+    except (OSError, json.JSONDecodeError):
+        points = []
+    keys = ("arch_key", "top1", "latency_ms", "mflops")
+    return [
+        {"trial_id": prefix + str(p["trial_id"]), **{k: p.get(k) for k in keys}} for p in points
+    ]
+
+
+def run_budget_searches(
+    config: SearchConfig,
+    space: Optional[SearchSpace] = None,
+    search: Callable[[SearchConfig], dict] = run_search,
+    log: Callable[[str], None] = logger.info,
+) -> dict[str, Any]:
+    """One search under all of ``config.latency_budgets_ms`` (the constraint is the largest);
+    each budget that no trial fits then gets its own search constrained to it (a quarter of the
+    trials, at least 3; project ``<project>/<project>_<budget>ms``), so that every budget has a
+    subnet. The Pareto front is recomputed over the trials of all searches
+    (``<project>/pareto_all.png``).
+
+    Args:
+        config: the search (its budgets, trials and project).
+        space: the search space; None = resolved from ``config``.
+        search: runs one search (``run_search``, or a wrapper that adds progress or injects an
+            evaluator).
+        log: one line per search.
+
+    Returns:
+        ``{"trials", "stop_reason" (of the first search), "front" (trial ids), "best" ({budget
+        tag: record or None}), "points" (every trial), "extra_configs" (the fallback searches'
+        ``SearchConfig`` dicts), "paths"}``; the trial ids of a fallback search are prefixed
+        ``<budget>ms/``.
+    """
+    from elasticvit_tf.search.pareto import pareto_front
+    from elasticvit_tf.search.report import plot_pareto
+
+    budget_tag = LatencyBudgets.tag
+
+    if space is None:
+        space, _ = resolve_space(config)
+
+    def one(c: SearchConfig, prefix: str) -> dict:
+        res = search(c)
+        log(f"[search] {c.project_name}: {res['trials']} trials, stop reason: {res['stop_reason']}")
+        found = {budget_tag(b): _chosen(space, b, res["best"].get(b), prefix) for b in res["best"]}
+        return {**res, "chosen": found, "points": _front_points(res, prefix)}
+
+    first = one(config, "")
+    best, points = dict(first["chosen"]), list(first["points"])
+    paths, trials, extra = dict(first["paths"]), first["trials"], []
+    project_dir = first["project_dir"]
+    for b in config.latency_budgets_ms:
+        tag = budget_tag(b)
+        if best.get(tag) is not None:
+            continue
+        n = max(3, config.max_trials // 4)
+        sub = dataclasses.replace(
+            config,
+            latency_budgets_ms=(b,),
+            max_trials=n,
+            population=min(config.population, n),
+            directory=project_dir,
+            project_name=f"{config.project_name}_{tag}ms",
+            output_dir=None,
+        )
+        log(f"[search] no trial fits {tag} ms: a {n}-trial search constrained to {tag} ms")
+        res = one(sub, f"{tag}ms/")
+        best[tag] = res["chosen"].get(tag)
+        points += res["points"]
+        trials += res["trials"]
+        extra.append(sub.to_dict())
+        paths.update({f"{tag}ms/{k}": v for k, v in res["paths"].items()})
+    front_idx = pareto_front([(p["latency_ms"], p["top1"]) for p in points])
+    front = [points[i]["trial_id"] for i in front_idx]
+    for p in points:
+        p["on_front"] = p["trial_id"] in front
+    paths["pareto_all.png"] = os.path.join(project_dir, "pareto_all.png")
+    plot_pareto(
+        paths["pareto_all.png"],
+        points,
+        set(front),
+        list(config.latency_budgets_ms),
+        f"predicted latency (ms), {config.latency_mode}",
+    )
+    return {
+        "trials": trials,
+        "stop_reason": first["stop_reason"],
+        "front": front,
+        "best": best,
+        "points": points,
+        "extra_configs": extra,
+        "paths": paths,
+    }

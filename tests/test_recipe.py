@@ -30,8 +30,9 @@ class _SlotNet(keras.Model):
         return [self.dense.kernel]
 
     def _check_slot(self, slot):
-        if not isinstance(slot, int):
-            raise ValueError("python int expected")
+        # the supernet's forward contract: a Python int or a scalar integer tensor (graph slot)
+        if not isinstance(slot, int) and not (tf.is_tensor(slot) and slot.shape.rank == 0):
+            raise ValueError("python int or scalar tensor expected")
         return slot
 
     def set_archs(self, archs):

@@ -199,3 +199,80 @@ def test_memory_banks_seed_the_initial_population(tmp_path):
     pareto = json.loads((tmp_path / "runs" / "elasticvit_search" / "pareto.json").read_text())
     first = [p["arch"] for p in sorted(pareto["points"], key=lambda p: p["trial_id"])][:6]
     assert first == want
+
+
+def test_completed_trials_counts_finished_trial_files(tmp_path):
+    assert search_lib.completed_trials(str(tmp_path / "missing")) == 0
+    for name, text in (
+        ("trial_0", '{"status": "COMPLETED"}'),
+        ("trial_1", '{"status": "RUNNING"}'),
+        ("trial_2", "{not json"),
+        ("trial_3", '{"status": "COMPLETED"}'),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "trial.json").write_text(text)
+    (tmp_path / "oracle.json").write_text("{}")
+    assert search_lib.completed_trials(str(tmp_path)) == 2
+
+
+def test_budget_searches_run_a_fallback_per_unmet_budget(tmp_path):
+    """A budget that no trial of the first search fits gets its own constrained search; the
+    front is recomputed over all trials."""
+    from elasticvit_tf.search.report import best_for_budget
+
+    space = get_space("tiny")
+    archs = [space.min_arch(), space.max_arch()]
+    found = {  # project -> (latency, top1, arch) of its trials
+        "p": [(5.0, 0.6, archs[0]), (8.0, 0.7, archs[1]), (9.0, 0.65, archs[1])],
+        "p_3ms": [(2.5, 0.5, archs[0])],
+    }
+    calls = []
+
+    def fake_search(c):
+        calls.append(c)
+        project = os.path.join(c.directory, c.project_name)
+        os.makedirs(project, exist_ok=True)
+        records = [
+            {
+                "trial_id": str(i),
+                "arch_key": a.key(),
+                "arch": a.to_dict(),
+                "top1": t,
+                "latency_ms": ms,
+                "mflops": 1.0,
+            }
+            for i, (ms, t, a) in enumerate(found[c.project_name])
+        ]
+        path = os.path.join(project, "pareto.json")
+        with open(path, "w") as f:
+            json.dump({"points": records}, f)
+        return {
+            "trials": len(records),
+            "stop_reason": "max_trials",
+            "best": {b: best_for_budget(records, b) for b in c.latency_budgets_ms},
+            "paths": {"pareto.json": path},
+            "project_dir": project,
+        }
+
+    cfg = search_lib.SearchConfig(
+        space="tiny",
+        latency_budgets_ms=(3.0, 10.0),
+        latency_mode="fp32",
+        max_trials=8,
+        population=8,
+        directory=str(tmp_path),
+        project_name="p",
+    )
+    res = search_lib.run_budget_searches(cfg, search=fake_search, log=lambda s: None)
+    assert [c.project_name for c in calls] == ["p", "p_3ms"]
+    sub = calls[1]
+    assert sub.latency_budgets_ms == (3.0,) and sub.max_trials == 3 and sub.population == 3
+    assert sub.directory == os.path.join(str(tmp_path), "p")
+    assert res["extra_configs"] == [sub.to_dict()]
+    assert res["trials"] == 4
+    assert res["best"]["10"]["trial_id"] == "1" and res["best"]["3"]["trial_id"] == "3ms/0"
+    assert res["best"]["3"]["params_m"] > 0
+    on_front = {p["trial_id"] for p in res["points"] if p["on_front"]}
+    assert on_front == {"3ms/0", "0", "1"} and set(res["front"]) == on_front
+    assert os.path.isfile(res["paths"]["pareto_all.png"])
+    assert res["paths"]["3ms/pareto.json"].endswith(os.path.join("p_3ms", "pareto.json"))

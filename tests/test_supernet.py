@@ -147,6 +147,24 @@ def test_slots_are_independent(net, tiny):
         np.testing.assert_allclose(both[i].numpy(), single, atol=1e-5)
 
 
+def test_tensor_slot_matches_int_slot(net, tiny):
+    """A scalar integer tensor selects the slot inside the graph (one trace for all slots)."""
+    rng = np.random.default_rng(6)
+    net.set_archs([tiny.sample(rng) for _ in range(3)])
+    x = tf.constant(rng.normal(size=(2, 20, 20, 3)).astype("float32"))
+    fn = tf.function(lambda x, s: net(x, training=False, slot=s))
+    for i in range(3):
+        want = net(x, training=False, slot=i).numpy()
+        np.testing.assert_allclose(fn(x, tf.constant(i)).numpy(), want, atol=1e-5)
+    assert fn.experimental_get_tracing_count() == 1
+    with pytest.raises(ValueError, match="scalar integer"):
+        net(x, slot=tf.constant([0, 1]))
+    with pytest.raises(ValueError, match="scalar integer"):
+        net(x, slot=tf.constant(0.0))
+    with pytest.raises(ValueError, match="expected a Python int"):
+        net.set_arch(tiny.min_arch(), slot=tf.constant(0))
+
+
 def _used_element_masks(net, arch):
     """Masks of the super-weight elements the subnet uses, from the extracted weights: every
     trainable element gets a unique integer id, the extracted model shows which ids it uses."""

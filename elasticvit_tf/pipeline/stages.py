@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable, Optional
 
 from elasticvit_tf.pipeline.demo_config import DemoConfig
-from elasticvit_tf.search.budgets import LatencyBudgets
 
 BUDGET_FRACTIONS = (0.25, 0.5, 0.75)
 LATENCY_MODE = "fp32"
@@ -267,115 +266,19 @@ def search_config(plan: dict, config: DemoConfig, layout, lut_path: str, budgets
     )
 
 
-def _completed_trials(project_dir: str) -> int:
-    n = 0
-    if not os.path.isdir(project_dir):
-        return 0
-    for name in os.listdir(project_dir):
-        rec = _read_json(os.path.join(project_dir, name, "trial.json"))
-        if rec and rec.get("status") == "COMPLETED":
-            n += 1
-    return n
-
-
-def _search(sc, log) -> dict:
+def run_search_stage(sc, space, log=print) -> dict:
+    """``search_lib.run_budget_searches`` (a fallback search for each budget that no trial
+    fits), each search with a progress heartbeat."""
     from elasticvit_tf.search import search_lib
 
-    project = os.path.join(sc.directory, sc.project_name)
-    progress = lambda: f"({_completed_trials(project)}/{sc.max_trials} trials done)"  # noqa: E731
-    with Heartbeat("search", progress, every=10.0):
-        res = search_lib.run_search(sc)
-    log(f"[search] {sc.project_name}: {res['trials']} trials, stop reason: {res['stop_reason']}")
-    return res
+    def search(c):
+        project = os.path.join(c.directory, c.project_name)
+        done = lambda: search_lib.completed_trials(project)  # noqa: E731
+        with Heartbeat("search", lambda: f"({done()}/{c.max_trials} trials done)", every=10.0):
+            return search_lib.run_search(c)
 
-
-def _best_record(space, budget: float, rec: Optional[dict], prefix: str) -> Optional[dict]:
-    from elasticvit_tf.arch import ArchConfig
-    from elasticvit_tf.flops import count_params
-
-    if rec is None:
-        return None
-    return {
-        "budget_ms": budget,
-        "trial_id": prefix + str(rec["trial_id"]),
-        "arch_key": rec["arch_key"],
-        "arch": rec["arch"],
-        "search_top1": rec["top1"],
-        "latency_ms": rec["latency_ms"],
-        "mflops": rec["mflops"],
-        "params_m": count_params(space, ArchConfig.from_dict(rec["arch"])) / 1e6,
-    }
-
-
-def _points(res: dict, prefix: str) -> list[dict]:
-    pareto = _read_json(res["paths"]["pareto.json"]) or {}
-    return [
-        {
-            "trial_id": prefix + str(p["trial_id"]),
-            "arch_key": p.get("arch_key"),
-            **{k: p.get(k) for k in ("top1", "latency_ms", "mflops")},
-        }
-        for p in pareto.get("points", [])
-    ]
-
-
-def run_search_stage(sc, space, log=print) -> dict:
-    """One search under all budgets (the constraint is the largest); a budget that no trial
-    fits then gets its own small search constrained to it (``<project>/<project>_<b>ms``), so
-    every budget has a subnet. The Pareto front is recomputed over all trials."""
-    from elasticvit_tf.search.pareto import pareto_front
-    from elasticvit_tf.search.report import plot_pareto
-
-    res = _search(sc, log)
-    tag = LatencyBudgets.tag
-    best = {tag(b): _best_record(space, b, res["best"].get(b), "") for b in res["best"]}
-    points = _points(res, "")
-    paths = dict(res["paths"])
-    trials, extra = res["trials"], []
-    project_dir = res["project_dir"]
-    for b in sc.latency_budgets_ms:
-        if best.get(tag(b)) is not None:
-            continue
-        n = max(3, sc.max_trials // 4)
-        sub = dataclasses.replace(
-            sc,
-            latency_budgets_ms=LatencyBudgets((b,)),
-            max_trials=n,
-            population=min(sc.population, n),
-            directory=project_dir,
-            project_name=f"{sc.project_name}_{tag(b)}ms",
-            output_dir=None,
-        )
-        log(f"[search] no trial fits {b:g} ms: a {n}-trial search constrained to {b:g} ms")
-        r = _search(sub, log)
-        prefix = f"{tag(b)}ms/"
-        best[tag(b)] = _best_record(space, b, r["best"].get(b), prefix)
-        points += _points(r, prefix)
-        trials += r["trials"]
-        extra.append(sub.to_dict())
-        paths.update({f"{prefix}{k}": v for k, v in r["paths"].items()})
-    front_idx = pareto_front([(p["latency_ms"], p["top1"]) for p in points])
-    front = [points[i]["trial_id"] for i in front_idx]
-    for p in points:
-        p["on_front"] = p["trial_id"] in front
-    paths["pareto_all.png"] = os.path.join(project_dir, "pareto_all.png")
-    plot_pareto(
-        paths["pareto_all.png"],
-        points,
-        set(front),
-        list(sc.latency_budgets_ms),
-        f"predicted latency (ms), {sc.latency_mode}",
-    )
-    return {
-        "trials": trials,
-        "stop_reason": res["stop_reason"],
-        "front": front,
-        "best": best,
-        "points": points,
-        "extra_configs": extra,
-        "paths": paths,
-        "files": list(paths.values()),
-    }
+    res = search_lib.run_budget_searches(sc, space, search=search, log=log)
+    return {**res, "files": list(res["paths"].values())}
 
 
 # ------------------------------------------------------------------------------- export

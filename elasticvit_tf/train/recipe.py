@@ -81,7 +81,6 @@ class SupernetTrainer(keras.Model):
         self.ema_warmup = bool(ema_warmup)
         self.grad_cosine = bool(grad_cosine)
         self.num_slots = int(net.num_slots)
-        _allow_tensor_slot(net)
         self.distillation = "min_from_mean"
         self.trace_count = 0  # Python side effect: counts traces of train_step
         for t in self.teachers:
@@ -294,20 +293,6 @@ def _for_multi_worker(logs: dict, strategy) -> dict:
     ):
         return logs
     return {k: tf.reshape(v, [1]) for k, v in logs.items()}
-
-
-def _allow_tensor_slot(net) -> None:
-    """Lets ``net(x, slot=t)`` take a scalar int32 tensor ``t`` (the supernet validates Python
-    ints only; a tensor slot simply indexes the arch variable in the graph)."""
-    check = net._check_slot
-    if getattr(check, "_accepts_tensors", False):
-        return
-
-    def _check_slot(slot):
-        return slot if tf.is_tensor(slot) else check(slot)
-
-    _check_slot._accepts_tensors = True
-    net._check_slot = _check_slot
 
 
 def load_teachers(spec: str, num_classes: int) -> list:

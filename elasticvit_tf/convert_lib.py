@@ -1,4 +1,5 @@
-"""Official ElasticViT PyTorch checkpoint -> model_dir of our supernet (``elasticvit-convert``).
+"""Official ElasticViT PyTorch checkpoint -> model_dir of our supernet (the flag-free library of
+``elasticvit-convert``, whose binary is ``convert_main``).
 
 Every tensor of the official supernet state dict (690 for the official space, names and shapes
 in ``tests/data/official_supernet_state_dict.tsv``) is mapped onto one variable of
@@ -27,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 import tempfile
 from typing import Any, Callable, Mapping, Optional
 
@@ -112,6 +112,18 @@ def _used(name, variable, layout):
 
 def _unused(name, shape, note, check=None):
     return TensorMapping(name, tuple(shape), None, "copy", note, check)
+
+
+def _linear(prefix, dense):
+    """``<prefix>.weight`` and ``<prefix>.bias`` of a linear layer."""
+    return [
+        _used(f"{prefix}.weight", dense.kernel, "dense"),
+        _used(f"{prefix}.bias", dense.bias, "copy"),
+    ]
+
+
+def _layer_norm(prefix, ln):
+    return [_used(f"{prefix}.weight", ln.gamma, "copy"), _used(f"{prefix}.bias", ln.beta, "copy")]
 
 
 def _bn(prefix, bn):
@@ -205,35 +217,18 @@ def official_mapping(net) -> list[TensorMapping]:
                     _index_check(idx_name, big_r),
                 ),
                 _used(p + "qkv.weight", blk.qkv.kernel, "dense"),
-                _used(p + "proj.weight", blk.proj.kernel, "dense"),
-                _used(p + "proj.bias", blk.proj.bias, "copy"),
+                *_linear(p + "proj", blk.proj),
                 _used(p + "dw_v_conv.weight", blk.dw_v.kernel, "dw"),
-                _used(p + "norm1.weight", blk.ln1.gamma, "copy"),
-                _used(p + "norm1.bias", blk.ln1.beta, "copy"),
+                *_layer_norm(p + "norm1", blk.ln1),
             ]
             if blk.mbconv is not None:
                 rows += _mbconv(p + "reduction.", blk.mbconv, "")
             p = f"{base}{2 * j + 1}."
-            rows += [
-                _used(p + "norm1.weight", blk.ln2.gamma, "copy"),
-                _used(p + "norm1.bias", blk.ln2.beta, "copy"),
-                _used(p + "fc1.weight", blk.fc1.kernel, "dense"),
-                _used(p + "fc1.bias", blk.fc1.bias, "copy"),
-                _used(p + "fc2.weight", blk.fc2.kernel, "dense"),
-                _used(p + "fc2.bias", blk.fc2.bias, "copy"),
-            ]
+            rows += _layer_norm(p + "norm1", blk.ln2) + _linear(p + "fc1", blk.fc1)
+            rows += _linear(p + "fc2", blk.fc2)
     head = net.head
-    rows += [
-        _used("pre_head_0.weight", head.pre.kernel, "dense"),
-        _used("pre_head_0.bias", head.pre.bias, "copy"),
-    ]
-    rows += _bn("pre_head_norm_0", head.pre_bn)
-    rows += [
-        _used("pre_head_1.weight", head.fc.kernel, "dense"),
-        _used("pre_head_1.bias", head.fc.bias, "copy"),
-        _used("classifer.weight", head.classifier.kernel, "dense"),
-        _used("classifer.bias", head.classifier.bias, "copy"),
-    ]
+    rows += _linear("pre_head_0", head.pre) + _bn("pre_head_norm_0", head.pre_bn)
+    rows += _linear("pre_head_1", head.fc) + _linear("classifer", head.classifier)
     return rows
 
 
@@ -497,85 +492,9 @@ def convert_checkpoint(
 
 def _check_output_dir(model_dir: str) -> None:
     if not model_dir:
-        raise ConversionError("--model_dir is empty; expected an output directory")
+        raise ConversionError("model_dir is empty; expected an output directory")
     if os.path.exists(model_dir) and (not os.path.isdir(model_dir) or os.listdir(model_dir)):
         raise ConversionError(
-            f"--model_dir {model_dir!r} already exists and is not an empty directory; "
+            f"model_dir {model_dir!r} already exists and is not an empty directory; "
             "choose a new directory (the converter never overwrites)"
         )
-
-
-# ------------------------------------------------------------------------------- binary
-def define_flags():
-    from absl import flags
-
-    if "checkpoint" in flags.FLAGS:
-        return flags.FLAGS
-    flags.DEFINE_string("checkpoint", None, "Official ElasticViT checkpoint (torch.save file).")
-    flags.DEFINE_string("model_dir", None, "Output model_dir (must not exist or be empty).")
-    flags.DEFINE_bool(
-        "use_ema", True, "Convert the 'model_ema' weights when present (else 'state_dict')."
-    )
-    flags.DEFINE_string("space", "elasticvit", "Search-space preset the checkpoint belongs to.")
-    flags.DEFINE_integer(
-        "num_classes", None, "Classifier outputs; default: inferred from classifer.weight."
-    )
-    flags.DEFINE_bool(
-        "allow_pickle",
-        False,
-        "Load with torch.load(weights_only=False): only for trusted checkpoints that hold "
-        "pickled objects besides tensors.",
-    )
-    return flags.FLAGS
-
-
-def main(argv) -> int:
-    FLAGS = define_flags()
-    if len(argv) > 1:
-        return _fail(f"unexpected positional arguments {argv[1:]}; use --flag=value")
-    for name in ("checkpoint", "model_dir"):
-        if not getattr(FLAGS, name):
-            return _fail(f"--{name} is required")
-    try:
-        report = convert_checkpoint(
-            FLAGS.checkpoint,
-            FLAGS.model_dir,
-            space=FLAGS.space,
-            num_classes=FLAGS.num_classes,
-            use_ema=FLAGS.use_ema,
-            allow_pickle=FLAGS.allow_pickle,
-        )
-    except ValueError as e:  # ConversionError and bad --space / arch values
-        return _fail(str(e))
-    print(
-        f"converted {report.num_tensors} tensors ({report.source}) into {FLAGS.model_dir}: "
-        f"{report.num_used} used, {len(report.unused)} unused (listed in conversion.json); "
-        f"space {report.space}, {report.num_classes} classes"
-    )
-    return 0
-
-
-def _fail(message: str) -> int:
-    print(f"elasticvit-convert: error: {message}", file=sys.stderr)
-    return 2
-
-
-def _parse_flags(argv):
-    from absl import flags
-
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:  # absl would exit 1; bad input exits 2 here
-        sys.exit(_fail(str(e)))
-
-
-def run():
-    """Console-script entry point (``elasticvit-convert``)."""
-    from absl import app
-
-    define_flags()
-    app.run(main, flags_parser=_parse_flags)
-
-
-if __name__ == "__main__":
-    run()

@@ -1,4 +1,4 @@
-"""Tests of the official-checkpoint converter (elasticvit_tf/convert_official.py).
+"""Tests of the official-checkpoint converter (elasticvit_tf/convert_lib.py, binary convert_main.py).
 
 The central check: the supernet loaded through the converter with random official-shaped
 tensors equals the independent NumPy reference (tests/numpy_reference.py) of the official
@@ -13,7 +13,7 @@ import numpy as np
 import numpy_reference as nr
 import pytest
 
-from elasticvit_tf import convert_official as co
+from elasticvit_tf import convert_lib as co
 from elasticvit_tf import model_dir as md
 from elasticvit_tf.space import get_space
 from elasticvit_tf.supernet import ElasticSupernet
@@ -334,7 +334,7 @@ def test_binary_exit_codes(tmp_path):
     good = str(tmp_path / "good.pth")
     torch.save({"state_dict": sd}, good)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, "-m", "elasticvit_tf.convert_official", "--space=tiny"]
+    cmd = [sys.executable, "-m", "elasticvit_tf.convert_main", "--space=tiny"]
 
     def run(*args):
         return subprocess.run(
