@@ -1,11 +1,16 @@
 """Exported-model latency: the 9 published ElasticViT models vs keras.applications baselines.
 
-Every model (untrained weights: latency does not depend on them) is converted the same way as
-`elasticvit-export` does (`export/tflite.py::convert`, builtin ops only), in float32 and full
-int8 (float I/O, random representative images), and timed with LiteRT (`export/benchmark.py::
-benchmark_local`), batch 1, `--num_threads` (default 1) on this CPU. Prints a table with the
-EfficientNetB0 / ElasticViT-S1 latency ratio next to the paper's 2.62x (measured on a phone) and
-writes JSON under benchmarks/results/ (after every model, so a partial run keeps its rows).
+Every model (untrained weights: latency does not depend on them) is converted exactly as
+`elasticvit-export` does by default (`export/tflite.py::convert`, builtin ops only, fixed batch
+1), in float32 and the shipped `int8` recipe (float I/O, random representative images; add
+`int8_full` for the all-int8 model), and timed with LiteRT (`export/benchmark.py::
+benchmark_local`), `--num_threads` (default 1) on this CPU, the modes of a model interleaved in
+one process. Per mode it also records the XNNPACK partitions, the op types left on builtin
+kernels and the TRANSPOSE/RESHAPE/STRIDED_SLICE count per attention (SOFTMAX) layer; with
+`--op_profile` the measured per-op profile by op type (`export/op_profile.py`). Prints a table
+with the EfficientNetB0 / ElasticViT-S1 latency ratio next to the paper's 2.62x (measured on a
+phone) and the int8 / float32 speed-up, and writes JSON under benchmarks/results/ (after every
+model, so a partial run keeps its rows).
 
     python benchmarks/export_latency.py [--models elastic_S1,EfficientNetB0] [--runs 30]
 """
@@ -75,6 +80,7 @@ def _baseline(name):
 
 def main():
     from elasticvit_tf.export import benchmark as B
+    from elasticvit_tf.export import op_profile as P
     from elasticvit_tf.export import tflite as T
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -84,6 +90,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--representative_steps", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=1, help="0: dynamic batch")
+    parser.add_argument("--op_profile", action="store_true", help="measured per-op profile")
     parser.add_argument(
         "--output",
         default=os.path.join(os.path.dirname(__file__), "results", "export_latency.json"),
@@ -105,7 +113,9 @@ def main():
             "runs": args.runs,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "load_average_start": os.getloadavg(),
-            "note": "untrained weights; batch 1; LiteRT (XNNPACK) on the local CPU",
+            "batch_size": args.batch_size,
+            "int8_float_ops": list(T.INT8_FLOAT_OPS),
+            "note": "untrained weights; LiteRT (XNNPACK) on the local CPU; modes interleaved",
         },
         "rows": rows,
     }
@@ -116,29 +126,66 @@ def main():
         rng = np.random.default_rng(0)
         rep = rng.standard_normal((args.representative_steps, r, r, 3)).astype(np.float32)
         row = {"model": name, **info}
+        files = {}
         for mode in modes:
             tc = time.time()
-            data = T.convert(
-                model, mode, representative_dataset=rep if mode.value == "int8" else None
+            files[mode.value] = T.convert(
+                model,
+                mode,
+                representative_dataset=rep if mode.needs_representative_data else None,
+                batch_size=args.batch_size or None,
             )
-            convert_s = time.time() - tc
-            res = B.benchmark_local(
-                data, num_threads=args.num_threads, warmup=args.warmup, runs=args.runs
+            row[mode.value] = {"convert_s": time.time() - tc}
+        # Interleave the timed runs of the modes so that load changes hit them alike.
+        chunk = max(1, args.runs // 5)
+        results = {m: [] for m in files}
+        for rep_i in range(-(-args.runs // chunk)):
+            for m, data in files.items():
+                res = B.benchmark_local(
+                    data,
+                    num_threads=args.num_threads,
+                    warmup=args.warmup if rep_i == 0 else 1,
+                    runs=chunk,
+                )
+                results[m].append(res)
+        for m, data in files.items():
+            # Median over the chunks' medians; p5 / p95: the extremes of the chunks' ones.
+            medians = [r.median_ms for r in results[m]]
+            ops = T.list_ops(data)
+            delegated, partitions = P.delegation(data, args.num_threads)
+            attn = ops.get("SOFTMAX", 0)
+            entry = row[m]
+            entry.update(
+                median_ms=float(np.median(medians)),
+                p5_ms=float(min(r.p5_ms for r in results[m])),
+                p95_ms=float(max(r.p95_ms for r in results[m])),
+                mean_ms=float(np.mean([r.mean_ms for r in results[m]])),
+                runs=int(sum(r.runs for r in results[m])),
+                init_ms=results[m][0].init_ms,
+                size_mb=len(data) / 2**20,
+                load_average=os.getloadavg()[0],
+                xnnpack_partitions=partitions,
+                builtin_kernel_ops=int(len(delegated) - sum(delegated)),
+                float_op_types=T.float_op_types(data) if m.startswith("int8") else None,
+                shape_ops_per_attention_layer=(
+                    None
+                    if not attn
+                    else {
+                        k: ops.get(k, 0) / attn for k in ("TRANSPOSE", "RESHAPE", "STRIDED_SLICE")
+                    }
+                ),
             )
-            row[mode.value] = {
-                "median_ms": res.median_ms,
-                "p5_ms": res.p5_ms,
-                "p95_ms": res.p95_ms,
-                "mean_ms": res.mean_ms,
-                "init_ms": res.init_ms,
-                "size_mb": len(data) / 2**20,
-                "convert_s": convert_s,
-                "load_average": os.getloadavg()[0],
-            }
+            if args.op_profile:
+                prof = P.profile_local(data, num_threads=args.num_threads, runs=10)
+                entry["op_profile"] = {
+                    k: v for k, v in prof.to_dict().items() if k not in ("ops", "method_text")
+                }
+                print(prof.table(), flush=True)
             print(
-                f"{name:18s} {mode.value:8s} median {res.median_ms:8.2f} ms  p5 {res.p5_ms:8.2f}"
-                f"  p95 {res.p95_ms:8.2f}  size {len(data) / 2**20:6.2f} MiB"
-                f"  (convert {convert_s:.0f} s, load {os.getloadavg()[0]:.1f})",
+                f"{name:18s} {m:9s} median {entry['median_ms']:8.2f} ms  p5 {entry['p5_ms']:8.2f}"
+                f"  p95 {entry['p95_ms']:8.2f}  size {entry['size_mb']:6.2f} MiB"
+                f"  partitions {partitions}  builtin ops {entry['builtin_kernel_ops']}"
+                f"  (convert {entry['convert_s']:.0f} s, load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
         row["seconds"] = time.time() - t0
@@ -161,6 +208,11 @@ def _ratios(result, modes):
             m = mode.value
             out[m] = by["EfficientNetB0"][m]["median_ms"] / by["elastic_S1"][m]["median_ms"]
     result["ratio_efficientnet_b0_over_elastic_s1"] = out
+    result["speedup_int8_over_float32"] = {
+        r["model"]: r["float32"]["median_ms"] / r["int8"]["median_ms"]
+        for r in result["rows"]
+        if "float32" in r and "int8" in r
+    }
     result["paper_ratio_efficientnet_b0_over_elastic_s1"] = PAPER_RATIO_EFFNET_B0_OVER_S1
 
 
@@ -191,6 +243,12 @@ def table(result, modes) -> str:
             "EfficientNetB0 / ElasticViT-S1 latency: "
             + ", ".join(f"{m} {v:.2f}x" for m, v in ratios.items())
             + f" (paper, on a phone: {PAPER_RATIO_EFFNET_B0_OVER_S1:.2f}x)"
+        )
+    speedups = result.get("speedup_int8_over_float32", {})
+    if speedups:
+        lines.append(
+            "int8 speed-up over float32 (float32 ms / int8 ms): "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items())
         )
     return "\n".join(lines)
 

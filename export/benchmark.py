@@ -41,6 +41,7 @@ __all__ = [
     "benchmark",
     "parse_benchmark_model_output",
     "runtime_versions",
+    "attach_local_profile",
 ]
 
 
@@ -583,7 +584,7 @@ def benchmark(
     (`min_time_s` and `clock` are local options: the device's tool times wall clock)."""
     kind, serial = parse_target(target)
     if kind == "local":
-        return benchmark_local(
+        res = benchmark_local(
             model,
             num_threads=num_threads,
             warmup=warmup,
@@ -591,6 +592,9 @@ def benchmark(
             min_time_s=min_time_s,
             clock=clock,
         )
+        if enable_op_profiling:
+            attach_local_profile(res, model, num_threads=num_threads)
+        return res
     if clock != "wall":
         raise ValueError(f"clock={clock!r}: target {target!r} times wall clock only")
     return benchmark_adb(
@@ -602,3 +606,31 @@ def benchmark(
         runs=runs,
         enable_op_profiling=enable_op_profiling,
     )
+
+
+def attach_local_profile(
+    res: BenchmarkResult, model: "bytes | str | os.PathLike", num_threads: int = 1
+) -> BenchmarkResult:
+    """Adds the measured local per-op profile (`export/op_profile.py`) to `res`: one
+    `op_profile` row per (op type, dtype, XNNPACK or builtin kernel), and the full profile
+    (method, partitions, every op) under `extra["op_profile"]`."""
+    from elasticvit_tf.export import op_profile
+
+    if isinstance(model, (str, os.PathLike)):
+        with open(model, "rb") as f:
+            model = f.read()
+    prof = op_profile.profile_local(
+        bytes(model), num_threads=num_threads, model_median_ms=res.median_ms
+    )
+    res.op_profile = [
+        OpProfile(
+            node_type=f"{r['op_type']} ({r['dtype']}, {'XNNPACK' if r['delegated'] else 'builtin'})",
+            avg_ms=r["total_ms"],
+            percent=r["percent"],
+            count=r["count"],
+        )
+        for r in prof.by_type()
+    ]
+    res.extra["op_profile"] = prof.to_dict()
+    res.extra["op_profile_table"] = prof.table()
+    return res

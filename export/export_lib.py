@@ -419,6 +419,10 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"{_fmt(c['accuracy_ptq'], '.2f')} %, max abs err {c['max_abs_error_qat']:.3g} vs "
             f"{c['max_abs_error_ptq']:.3g}.",
         ]
+    for mode, e in report["modes"].items():
+        table = e.get("benchmark", {}).get("extra", {}).get("op_profile_table")
+        if table:
+            lines += ["", f"## Op profile: {mode}", "", table]
     lines.append("")
     return "\n".join(lines)
 
@@ -464,7 +468,10 @@ def benchmark_summary(tflite_path: str, res: bench_lib.BenchmarkResult) -> str:
         f"{_fmt(res.median_ms)} ms (mean {res.mean_ms:.3f}, p5 {_fmt(res.p5_ms)}, p95 "
         f"{_fmt(res.p95_ms)}), init {_fmt(res.init_ms, '.1f')} ms"
     ]
-    lines += [
-        f"  {op.node_type:40s} {op.avg_ms:9.3f} ms {op.percent:6.2f}%" for op in res.op_profile
-    ]
+    if "op_profile_table" in res.extra:
+        lines.append(res.extra["op_profile_table"])
+    else:
+        lines += [
+            f"  {op.node_type:40s} {op.avg_ms:9.3f} ms {op.percent:6.2f}%" for op in res.op_profile
+        ]
     return "\n".join(lines)

@@ -37,7 +37,11 @@ def define_flags() -> None:
     f.DEFINE_string("keras_model", None, "A .keras model with a fixed (r, r, 3) input instead.")
     f.DEFINE_string("data", None, "Data set for --keras_model (digits, fashion_mnist, tfds:...).")
     f.DEFINE_boolean("use_ema", True, "Use the checkpoint's EMA weights.")
-    f.DEFINE_list("quantize", ["float32"], "Comma list of float32,float16,dynamic,int8,qat.")
+    f.DEFINE_list(
+        "quantize",
+        ["float32"],
+        "Comma list of float32,float16,dynamic,int8 (mixed recipe),int8_full,qat.",
+    )
     f.DEFINE_enum("int8_io", "float", ["float", "int8"], "Input/output type of full-int8 models.")
     f.DEFINE_integer("batch_size", 1, "Fixed batch of the TFLite files (0: dynamic batch).")
     f.DEFINE_integer("representative_steps", 100, "Representative images for int8 calibration.")
@@ -49,7 +53,11 @@ def define_flags() -> None:
     f.DEFINE_integer("num_threads", 1, "Benchmark / verification threads.")
     f.DEFINE_string("target", "local", "local or adb:SERIAL.")
     f.DEFINE_string("benchmark_model_path", None, "Android benchmark_model binary (adb target).")
-    f.DEFINE_boolean("enable_op_profiling", False, "Per-op profiling (adb benchmark_model).")
+    f.DEFINE_boolean(
+        "enable_op_profiling",
+        False,
+        "Per-op profile: measured one-op models (local) or benchmark_model (adb).",
+    )
     f.DEFINE_integer("warmup_runs", 10, "Benchmark warm-up runs.")
     f.DEFINE_integer("benchmark_runs", 50, "Benchmark timed runs.")
     f.DEFINE_boolean("benchmark_only", False, "Only benchmark --tflite.")

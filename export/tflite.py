@@ -33,7 +33,27 @@ __all__ = [
     "list_ops",
     "check_builtin_only",
     "make_representative_dataset",
+    "INT8_FLOAT_OPS",
+    "check_float_ops",
+    "float_op_types",
 ]
+
+# The shipped `int8` recipe (docs/design.md#measured-decisions): int8 weights and activations
+# everywhere except these op types, which stay float islands (DEQUANTIZE -> float op ->
+# QUANTIZE). A fixed rule by op type, measured on LiteRT 2.3.0 / XNNPACK (x86, 1 thread):
+# their int8 kernels run outside the XNNPACK delegate on slow builtin kernels (int8
+# HARD_SWISH alone took 47 % of ElasticViT-S1's time, BATCH_MATMUL 19 %; each split the
+# delegate: 89 partitions), while in float XNNPACK runs them in its single partition. The
+# LayerNorm statistics (MEAN, SQUARED_DIFFERENCE, RSQRT, SUB) stay float with them.
+INT8_FLOAT_OPS = (
+    "HARD_SWISH",
+    "BATCH_MATMUL",
+    "SOFTMAX",
+    "SQUARED_DIFFERENCE",
+    "RSQRT",
+    "SUB",
+    "MEAN",
+)
 
 
 class QuantMode(str, enum.Enum):
@@ -46,6 +66,7 @@ class QuantMode(str, enum.Enum):
     FLOAT16 = "float16"
     DYNAMIC = "dynamic"
     INT8 = "int8"
+    INT8_FULL = "int8_full"
     QAT = "qat"
 
     @classmethod
@@ -64,7 +85,7 @@ class QuantMode(str, enum.Enum):
     @property
     def needs_representative_data(self) -> bool:
         """Whether conversion needs a representative dataset (full-integer modes)."""
-        return self in (QuantMode.INT8, QuantMode.QAT)
+        return self in (QuantMode.INT8, QuantMode.INT8_FULL, QuantMode.QAT)
 
     @property
     def file_name(self) -> str:
@@ -157,8 +178,11 @@ def configure_converter(
         float32: no optimization.
         float16: float16 weights (dequantized at load time on CPU).
         dynamic: dynamic-range int8 weights, float activations.
-        int8: full-integer int8 weights and activations (needs `representative_dataset`);
+        int8: the shipped mixed recipe (needs `representative_dataset`): int8 weights and
+            activations except the op types of `INT8_FLOAT_OPS`, kept float (applied by
+            `convert`, which quantizes the calibrated model with that deny-list);
             `int8_io="int8"` also makes the input/output tensors int8.
+        int8_full: every op in int8 (the converter's plain full-integer quantization).
         qat: a model holding fake-quant nodes from quantization-aware training; converted as
             full-integer int8 like `int8` (the representative dataset is optional, it only
             calibrates tensors the QAT annotation left in float).
@@ -190,10 +214,10 @@ def configure_converter(
     if mode is QuantMode.DYNAMIC:
         return
     # Full-integer modes.
-    if mode is QuantMode.INT8 and representative_dataset is None:
+    if mode in (QuantMode.INT8, QuantMode.INT8_FULL) and representative_dataset is None:
         raise ValueError(
-            "Quantization mode 'int8' needs a representative dataset from the training split; "
-            "received none."
+            f"Quantization mode {mode.value!r} needs a representative dataset from the training "
+            "split; received none."
         )
     if representative_dataset is not None:
         converter.representative_dataset = representative_dataset
@@ -210,6 +234,7 @@ def convert(
     int8_io: str = "float",
     representative_steps: int | None = 100,
     batch_size: int | None = None,
+    float_ops: "Iterable[str] | None" = None,
 ) -> bytes:
     """Converts a Keras model to a TFLite flatbuffer with builtin ops only.
 
@@ -221,6 +246,8 @@ def convert(
             accepts (a converter-style factory, image batches, a tf.data.Dataset).
         int8_io: "float" or "int8" input/output tensors for full-integer modes.
         representative_steps: maximum representative images used for calibration.
+        float_ops: `int8` only: the op types kept float (default `INT8_FLOAT_OPS`; `()` gives
+            the all-int8 model of `int8_full`). Names are TFLite builtin op names.
         batch_size: None keeps the batch dimension dynamic (`-1`); an int fixes it. A fixed
             batch is what phones run: with a dynamic batch every reshape carries a
             SHAPE/GATHER/REDUCE_PROD/PACK chain (measured on a demo subnet: 77 vs 31
@@ -236,6 +263,9 @@ def convert(
     import tensorflow as tf
 
     mode = QuantMode.parse(mode)
+    if float_ops is not None and mode is not QuantMode.INT8:
+        raise ValueError(f"float_ops applies to mode 'int8' only; received mode {mode.value!r}.")
+    deny = check_float_ops(INT8_FLOAT_OPS if float_ops is None else float_ops)
     rep = None
     if representative_dataset is not None:
         input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
@@ -247,10 +277,17 @@ def convert(
     else:
         converter = _fixed_batch_converter(keras_model, int(batch_size))
     configure_converter(converter, mode, representative_dataset=rep, int8_io=int8_io)
+    mixed = mode is QuantMode.INT8 and bool(deny)
+    if mixed:
+        # Calibrate only; quantize below with the deny-list (what QuantizationDebugger does).
+        converter.experimental_mlir_quantizer = True
+        converter._experimental_calibrate_only = True
     try:
         # Keras 3's SavedModel export prints the endpoint signature on stdout; keep it quiet.
         with contextlib.redirect_stdout(io.StringIO()):
             tflite_bytes = converter.convert()
+            if mixed:
+                tflite_bytes = _quantize_with_float_ops(tflite_bytes, deny, int8_io)
     except Exception as err:  # The converter raises ConverterError with the MLIR diagnostics.
         msg = str(err)
         if "Flex" in msg or "select TensorFlow op" in msg or "SELECT_TF_OPS" in msg:
@@ -261,6 +298,68 @@ def convert(
         raise
     check_builtin_only(tflite_bytes)
     return bytes(tflite_bytes)
+
+
+def _quantize_with_float_ops(calibrated: bytes, float_ops: list[str], int8_io: str) -> bytes:
+    """Quantizes a calibrated model as the converter's default int8 path does, except for
+    the op types `float_ops` (TensorFlow's `mlir_quantize` deny-list)."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tf_convert
+
+    io_type = tf.int8 if int8_io == "int8" else tf.float32
+    return tf_convert.mlir_quantize(
+        calibrated,
+        disable_per_channel=False,
+        input_data_type=io_type,
+        output_data_type=io_type,
+        denylisted_ops=list(float_ops),
+    )
+
+
+def _builtin_op_names() -> set[str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
+
+
+def check_float_ops(names: "Iterable[str] | str") -> list[str]:
+    """Validates a deny-list of op types kept float; returns it upper-cased, without duplicates.
+
+    Raises:
+        ValueError: a name that is no TFLite builtin op (names it and gives examples).
+    """
+    items = names.split(",") if isinstance(names, str) else list(names)
+    out = [str(n).strip().upper() for n in items if str(n).strip()]
+    known = _builtin_op_names()
+    bad = [n for n in out if n not in known]
+    if bad:
+        raise ValueError(
+            f"Unknown TFLite op type(s) {bad} in the float op list; expected builtin op names "
+            f"such as {list(INT8_FLOAT_OPS)}."
+        )
+    return list(dict.fromkeys(out))
+
+
+def float_op_types(tflite: "bytes | str | os.PathLike") -> dict[str, int]:
+    """`{op type: count}` of the ops computing in float32 (first output float32), without the
+    DEQUANTIZE ops that open float islands."""
+    schema, model = _read_model(tflite)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for j in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(j)
+        codes.append(names.get(max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode())), "?"))
+    out: dict[str, int] = {}
+    for s in range(model.SubgraphsLength()):
+        sub = model.Subgraphs(s)
+        for i in range(sub.OperatorsLength()):
+            op = sub.Operators(i)
+            name = codes[op.OpcodeIndex()]
+            if name == "DEQUANTIZE" or op.OutputsLength() == 0:
+                continue
+            if sub.Tensors(op.Outputs(0)).Type() == schema.TensorType.FLOAT32:
+                out[name] = out.get(name, 0) + 1
+    return out
 
 
 def fixed_batch_module(keras_model: Any, batch_size: int = 1) -> Any:

@@ -241,3 +241,16 @@ def test_fallback_search_commands_in_markdown(tmp_path):
     cmd = r["commands"]["search_extra"][0]
     assert "--latency_budget_ms=1" in shlex.split(cmd) and "--project_name=search_1ms" in cmd
     assert cmd in report_lib.markdown(r)
+
+
+def test_report_states_int8_speed_and_warns_when_slower(tmp_path):
+    r = report_lib.build_report(_context(tmp_path))  # int8 0.7 / 1.7 ms vs float32 0.5 / 1.5 ms
+    sp = r["chosen"][0]["export"]["int8_speed"]
+    assert sp["float32_ms"] == 0.5 and sp["int8_ms"] == 0.7
+    assert sp["speedup"] == pytest.approx(0.5 / 0.7)
+    assert r["goals"]["int8_slower_budgets_ms"] == [1.0, 2.0]
+    md = report_lib.markdown(r)
+    assert "int8 0.71x (SLOWER)" in md and "Warning: int8 is slower than float32" in md
+    fast = report_lib.int8_speed({"float32": {"median_ms": 2.0}, "int8": {"median_ms": 1.0}})
+    assert fast["speedup"] == 2.0
+    assert report_lib.int8_speed({"float32": {"median_ms": 2.0}}) is None

@@ -240,3 +240,34 @@ def test_fixed_batch_has_static_shapes_and_matches_keras(model, images, referenc
         np.testing.assert_allclose(got, V.run_tflite(dynamic, images), atol=1e-5)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         T.convert(model, "float32", batch_size=0)
+
+
+# ---------------------------------------------------------------------------- int8 recipe
+
+
+def test_int8_recipe_keeps_only_the_listed_ops_in_float(model, images, reference):
+    data = T.convert(model, "int8", representative_dataset=images[:32], batch_size=1)
+    floats = T.float_op_types(data)
+    assert floats, "the recipe should leave float islands"
+    # Every float op of the file is one of the recipe's op types or a QUANTIZE closing an island.
+    assert set(floats) - {"QUANTIZE"} <= set(T.INT8_FLOAT_OPS), floats
+    ops = T.list_ops(data)
+    for op in ("HARD_SWISH", "BATCH_MATMUL", "SOFTMAX"):
+        assert floats.get(op) == ops[op], (op, floats, ops)
+    # The convs and dense layers stay int8.
+    for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        assert op in ops and op not in floats, (op, floats)
+    full = T.convert(model, "int8_full", representative_dataset=images[:32], batch_size=1)
+    assert set(T.float_op_types(full)) <= {"DEQUANTIZE"}
+    out = V.run_tflite(data, images)
+    scale = float(np.max(reference) - np.min(reference))
+    assert float(np.max(np.abs(out - reference))) <= _REL_TOL["int8"] * scale
+
+
+def test_float_ops_bad_names_and_modes(model, images):
+    with pytest.raises(ValueError, match=r"Unknown TFLite op type\(s\) \['LAYER_NORM'\]"):
+        T.convert(model, "int8", representative_dataset=images[:4], float_ops=["LAYER_NORM"])
+    with pytest.raises(ValueError, match="float_ops applies to mode 'int8' only"):
+        T.convert(model, "float32", float_ops=["SOFTMAX"])
+    assert T.check_float_ops("softmax, HARD_SWISH,softmax") == ["SOFTMAX", "HARD_SWISH"]
+    assert T.QuantMode.parse("int8_full").file_name == "model_int8_full.tflite"

@@ -89,6 +89,14 @@ def _rel(path: Optional[str], root: str) -> Optional[str]:
     return None if path is None else os.path.relpath(path, root)
 
 
+def int8_speed(modes: dict) -> dict | None:
+    """float32 vs int8 measured medians of one export (None unless both were timed)."""
+    f, q = (modes.get(m, {}).get("median_ms") for m in ("float32", "int8"))
+    if not f or not q:
+        return None
+    return {"float32_ms": f, "int8_ms": q, "speedup": f / q}
+
+
 def build_report(ctx: dict) -> dict:
     """The JSON report from the pipeline's context (see ``demo.run_demo``)."""
     layout = ctx["layout"]
@@ -126,6 +134,7 @@ def build_report(ctx: dict) -> dict:
                 "seconds": exp["seconds"],
                 "modes": {m: dict(e, file=_rel(e["file"], root)) for m, e in exp["modes"].items()},
             }
+            row["export"]["int8_speed"] = int8_speed(exp["modes"])
         chosen.append(row)
 
     exported = [r for r in chosen if "export" in r]
@@ -147,6 +156,11 @@ def build_report(ctx: dict) -> dict:
         "int8_drop_goal": GOAL_INT8_DROP,
         "int8_ok": bool(drops) and max(drops) <= GOAL_INT8_DROP,
         "all_within_budget": all(r.get("within_budget", False) for r in chosen),
+        "int8_slower_budgets_ms": [
+            r["budget_ms"]
+            for r in exported
+            if r["export"]["int8_speed"] and r["export"]["int8_speed"]["speedup"] < 1.0
+        ],
     }
 
     stages = {k: dict(v) for k, v in ctx["stages"].items()}
@@ -347,6 +361,24 @@ def markdown(r: dict) -> str:
             if "export" in c and c["export"]["report_md"]
         )
     )
+    speeds = [(c["budget_ms"], c["export"].get("int8_speed")) for c in r["chosen"] if "export" in c]
+    speeds = [(b, sp) for b, sp in speeds if sp]
+    if speeds:
+        lines += ["", "int8 vs float32 speed (measured medians, float32 ms / int8 ms):", ""]
+        for b, sp in speeds:
+            word = "faster" if sp["speedup"] >= 1.0 else "SLOWER"
+            lines.append(
+                f"- {b:.3f} ms budget: float32 {sp['float32_ms']:.3f} ms, int8 "
+                f"{sp['int8_ms']:.3f} ms -> int8 {sp['speedup']:.2f}x ({word})"
+            )
+        slower = [b for b, sp in speeds if sp["speedup"] < 1.0]
+        if slower:
+            lines += [
+                "",
+                f"**Warning: int8 is slower than float32 on this CPU for the subnet(s) of "
+                f"budget(s) {', '.join(f'{b:.3f}' for b in slower)} ms**; ship float32 there "
+                "or profile with `elasticvit-export --benchmark_only --enable_op_profiling`.",
+            ]
     lines += ["", "Export reports: " + (", ".join(export_links) or "none"), ""]
     lines += [
         "## Goals",
