@@ -118,6 +118,10 @@ def test_benchmark_local_statistics(tiny_tflite, tmp_path):
     assert res2.model_size_bytes == len(tiny_tflite) and res2.warmup_avg_ms is None
     d = res2.to_dict()
     assert d["runs"] == 3 and isinstance(d["op_profile"], list)
+    assert res.mad_ms >= 0 and res2.mad_ms >= 0
+    # min_time_s keeps timing past `runs` (at most 20 x runs); clock="cpu" times the thread.
+    res3 = B.benchmark_local(tiny_tflite, runs=2, warmup=0, min_time_s=60.0, clock="cpu")
+    assert res3.runs == 40 and res3.median_ms > 0
 
 
 def test_benchmark_local_bad_args(tiny_tflite):
@@ -125,6 +129,12 @@ def test_benchmark_local_bad_args(tiny_tflite):
         B.benchmark_local(tiny_tflite, num_threads=0)
     with pytest.raises(ValueError, match="runs >= 1"):
         B.benchmark_local(tiny_tflite, runs=0)
+    with pytest.raises(ValueError, match="clock='gpu'"):
+        B.benchmark_local(tiny_tflite, clock="gpu")
+    with pytest.raises(ValueError, match="clock='cpu' needs num_threads=1"):
+        B.benchmark_local(tiny_tflite, num_threads=2, clock="cpu")
+    with pytest.raises(ValueError, match="times wall clock only"):
+        B.benchmark(tiny_tflite, target="adb:X", clock="cpu")
 
 
 # ----------------------------------------------------------------------------------------------
