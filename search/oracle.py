@@ -363,8 +363,8 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
     """Evolutionary search of docs/method.md#search under a latency budget and/or a FLOPs window.
 
     Args:
-        space, predictor, latency_budgets, mflops_range, max_trials, seed, max_attempts: see
-            ``ConstrainedOracleBase``.
+        space, predictor: see ``ConstrainedOracleBase``; its other arguments (the budgets,
+            the FLOPs window, ``max_trials``, ``seed``, ...) are passed on as keywords.
         population: size of the initial population and of every later population
             (spec: 512).
         parents: top-k completed trials used as parents (spec: 256); every generation after the
@@ -384,32 +384,17 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
         self,
         space: SearchSpace,
         predictor: Optional[Predictor] = None,
-        latency_budgets: LatencyBudgets = LatencyBudgets(),
-        mflops_range: Optional[Sequence[float]] = None,
-        max_trials: int = 100,
+        *,
         population: int = 32,
         parents: int = 16,
         mutation_prob: float = 0.2,
         depth_mutation_prob: float = 0.4,
         uniform_prob: float = 0.45,
         initial_archs: Sequence[ArchConfig] = (),
-        seed: int = 2012,
-        max_attempts: int = 1000,
         operator_attempts: int = 50,
-        max_retries_per_trial: int = 0,
-        max_consecutive_failed_trials: int = 3,
+        **kwargs,
     ):
-        super().__init__(
-            space,
-            predictor=predictor,
-            latency_budgets=latency_budgets,
-            mflops_range=mflops_range,
-            max_trials=max_trials,
-            seed=seed,
-            max_attempts=max_attempts,
-            max_retries_per_trial=max_retries_per_trial,
-            max_consecutive_failed_trials=max_consecutive_failed_trials,
-        )
+        super().__init__(space, predictor, **kwargs)
         if not isinstance(population, int) or population < 2:
             raise ValueError(f"population={population!r}: expected an integer >= 2")
         if not isinstance(parents, int) or not 1 <= parents < population:
