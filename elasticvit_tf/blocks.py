@@ -151,66 +151,73 @@ class PlacedBlock:
     spec: BlockSpec
 
 
+# One constructor per block kind, shared by ``placed_plan`` and ``enumerate_blocks``.
+def _first_conv(resolution: int, c0: int) -> BlockSpec:
+    return BlockSpec(BlockKind.FIRST_CONV, resolution, 3, c0, stride=2, kernel=3)
+
+
+def _stem_block(side: int, c0: int, kernel: int) -> BlockSpec:
+    return BlockSpec(BlockKind.STEM_BLOCK, side, c0, c0, kernel=kernel)
+
+
+def _mbconv(side: int, cin: int, c: int, stride: int, kernel: int, e: int, se: bool):
+    return BlockSpec(BlockKind.MBCONV, side, cin, c, stride, kernel, e, se)
+
+
+def _transition(space: SearchSpace, side: int, cin: int, c: int, stride: int) -> BlockSpec:
+    e, k = space.transition_expand, space.transition_kernel
+    return BlockSpec(BlockKind.TRANSITION, side, cin, c, stride, k, e, se=True)
+
+
+def _transformer(space: SearchSpace, side: int, c: int, mlp_ratio: int, v_scale: int):
+    return BlockSpec(
+        BlockKind.TRANSFORMER,
+        side,
+        c,
+        c,
+        mlp_ratio=mlp_ratio,
+        v_scale=v_scale,
+        head_dim=space.head_dim,
+    )
+
+
+def _head(space: SearchSpace, side: int, c5: int) -> BlockSpec:
+    return BlockSpec(
+        BlockKind.HEAD,
+        side,
+        c5,
+        space.num_classes,
+        hidden=space.head_mul * c5,
+        head_width=space.head_width,
+        num_classes=space.num_classes,
+    )
+
+
 def placed_plan(space: SearchSpace, arch: ArchConfig) -> list[PlacedBlock]:
     """The blocks of ``arch`` in execution order, placed (validates the arch first)."""
     space.validate_arch(arch)
     sides = space.feature_sides(arch.resolution)
     c0 = arch.stem.width
-    first = BlockSpec(BlockKind.FIRST_CONV, arch.resolution, 3, c0, stride=2, kernel=3)
-    out = [PlacedBlock("first_conv", None, 0, first)]
-    stem = BlockSpec(BlockKind.STEM_BLOCK, sides[0], c0, c0, kernel=arch.stem.kernel)
+    out = [PlacedBlock("first_conv", None, 0, _first_conv(arch.resolution, c0))]
+    stem = _stem_block(sides[0], c0, arch.stem.kernel)
     out += [PlacedBlock(f"stem_block{j}", None, j, stem) for j in range(arch.stem.depth)]
     cin, side = c0, sides[0]
     for i, (sa, ss) in enumerate(zip(arch.stages, space.stages)):
         stride = 2 if ss.downsample else 1
         if ss.is_transformer:
-            spec = BlockSpec(
-                BlockKind.TRANSITION,
-                input_side=side,
-                in_channels=cin,
-                out_channels=sa.width,
-                stride=stride,
-                kernel=space.transition_kernel,
-                expand_ratio=space.transition_expand,
-                se=True,
-            )
+            spec = _transition(space, side, cin, sa.width, stride)
             out.append(PlacedBlock(f"stage{i}_layer0", i, 0, spec))
             side = spec.output_side
-            spec = BlockSpec(
-                BlockKind.TRANSFORMER,
-                input_side=side,
-                in_channels=sa.width,
-                out_channels=sa.width,
-                mlp_ratio=sa.mlp_ratio,
-                v_scale=sa.v_scale,
-                head_dim=space.head_dim,
-            )
+            spec = _transformer(space, side, sa.width, sa.mlp_ratio, sa.v_scale)
             out += [PlacedBlock(f"stage{i}_layer{j}", i, j, spec) for j in range(sa.depth)]
         else:
             for j in range(sa.depth):
-                spec = BlockSpec(
-                    BlockKind.MBCONV,
-                    input_side=side,
-                    in_channels=cin if j == 0 else sa.width,
-                    out_channels=sa.width,
-                    stride=stride if j == 0 else 1,
-                    kernel=sa.kernel,
-                    expand_ratio=sa.expand_ratio,
-                    se=ss.se,
-                )
+                c_in, s = (cin, stride) if j == 0 else (sa.width, 1)
+                spec = _mbconv(side, c_in, sa.width, s, sa.kernel, sa.expand_ratio, ss.se)
                 out.append(PlacedBlock(f"stage{i}_block{j}", i, j, spec))
                 side = spec.output_side
         cin = sa.width
-    head = BlockSpec(
-        BlockKind.HEAD,
-        input_side=side,
-        in_channels=cin,
-        out_channels=space.num_classes,
-        hidden=space.head_mul * cin,
-        head_width=space.head_width,
-        num_classes=space.num_classes,
-    )
-    out.append(PlacedBlock("head", None, 0, head))
+    out.append(PlacedBlock("head", None, 0, _head(space, side, cin)))
     if side != sides[-1]:  # NOTE: guards the side arithmetic against space.feature_sides
         raise ValueError(f"plan: final side {side} != space side {sides[-1]}")
     return out
@@ -504,11 +511,10 @@ def enumerate_blocks(space: SearchSpace) -> dict[BlockKind, list[BlockSpec]]:
     for r in space.resolutions:
         sides = space.feature_sides(r)
         for c0 in space.stem.widths:
-            out[BlockKind.FIRST_CONV].add(BlockSpec(BlockKind.FIRST_CONV, r, 3, c0, 2, 3))
-            for k in space.stem.kernels:
-                out[BlockKind.STEM_BLOCK].add(
-                    BlockSpec(BlockKind.STEM_BLOCK, sides[0], c0, c0, 1, k)
-                )
+            out[BlockKind.FIRST_CONV].add(_first_conv(r, c0))
+            out[BlockKind.STEM_BLOCK].update(
+                _stem_block(sides[0], c0, k) for k in space.stem.kernels
+            )
         prev_widths = set(space.stem.widths)
         side = sides[0]
         for i, ss in enumerate(space.stages):
@@ -516,57 +522,25 @@ def enumerate_blocks(space: SearchSpace) -> dict[BlockKind, list[BlockSpec]]:
             for c in ss.widths:
                 cins = sorted(w for w in prev_widths if w <= c)
                 if ss.is_transformer:
-                    for cin in cins:
-                        out[BlockKind.TRANSITION].add(
-                            BlockSpec(
-                                BlockKind.TRANSITION,
-                                side,
-                                cin,
-                                c,
-                                stride,
-                                space.transition_kernel,
-                                space.transition_expand,
-                                True,
-                            )
+                    out[BlockKind.TRANSITION].update(
+                        _transition(space, side, cin, c, stride) for cin in cins
+                    )
+                    out[BlockKind.TRANSFORMER].update(
+                        _transformer(space, sides[i + 1], c, m, v)
+                        for m in ss.mlp_ratios
+                        for v in ss.v_scales
+                    )
+                    continue
+                for e in ss.expand_ratios:
+                    for k in ss.kernels:
+                        out[BlockKind.MBCONV].update(
+                            _mbconv(side, cin, c, stride, k, e, ss.se) for cin in cins
                         )
-                    for m in ss.mlp_ratios:
-                        for v in ss.v_scales:
-                            out[BlockKind.TRANSFORMER].add(
-                                BlockSpec(
-                                    BlockKind.TRANSFORMER,
-                                    sides[i + 1],
-                                    c,
-                                    c,
-                                    mlp_ratio=m,
-                                    v_scale=v,
-                                    head_dim=space.head_dim,
-                                )
-                            )
-                else:
-                    for e in ss.expand_ratios:
-                        for k in ss.kernels:
-                            for cin in cins:
-                                out[BlockKind.MBCONV].add(
-                                    BlockSpec(BlockKind.MBCONV, side, cin, c, stride, k, e, ss.se)
-                                )
-                            if max(ss.depths) > 1:
-                                out[BlockKind.MBCONV].add(
-                                    BlockSpec(BlockKind.MBCONV, sides[i + 1], c, c, 1, k, e, ss.se)
-                                )
+                        if max(ss.depths) > 1:
+                            out[BlockKind.MBCONV].add(_mbconv(sides[i + 1], c, c, 1, k, e, ss.se))
             prev_widths = set(ss.widths)
             side = sides[i + 1]
-        for c5 in space.stages[-1].widths:
-            out[BlockKind.HEAD].add(
-                BlockSpec(
-                    BlockKind.HEAD,
-                    sides[-1],
-                    c5,
-                    space.num_classes,
-                    hidden=space.head_mul * c5,
-                    head_width=space.head_width,
-                    num_classes=space.num_classes,
-                )
-            )
+        out[BlockKind.HEAD].update(_head(space, sides[-1], c5) for c5 in space.stages[-1].widths)
     return {k: sorted(v, key=_sort_key) for k, v in out.items()}
 
 
