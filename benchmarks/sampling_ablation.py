@@ -119,17 +119,24 @@ def main(argv=None):
         train_s = time.perf_counter() - t0
         net, config = md.load_supernet(cfg.model_dir, args.space, use_ema=True)
         dcfg = data_lib.DataConfig.from_dict(config["data"])
+        cache = data_lib.DataCache(max_sources=1)
 
-        def calib(dcfg=dcfg):
+        def calib(dcfg=dcfg, cache=cache):
             return data_lib.make_dataset(
-                dcfg, "train", args.batch_size, training=True, repeat=True, seed=args.seed + 1
+                dcfg,
+                "train",
+                args.batch_size,
+                training=True,
+                repeat=True,
+                seed=args.seed + 1,
+                cache=cache,
             )
 
-        def test(dcfg=dcfg):
-            ds = data_lib.make_dataset(dcfg, "test", 256, training=False)
+        def test(dcfg=dcfg, cache=cache):
+            ds = data_lib.make_dataset(dcfg, "test", 256, training=False, cache=cache)
             return ds.take(args.eval_batches) if args.eval_batches else ds
 
-        evaluator = cb.SubnetEvaluator(net, None, calib, test, args.calib_batches)
+        evaluator = cb.EmaEvaluator(net, None, calib, test, args.calib_batches)
         per_bin = []
         for i, group in enumerate(subnets):
             accs = [evaluator({"a": a})["a"] for a, _ in group]
