@@ -14,6 +14,7 @@ update directions (and between consecutive subnets within a step). Written:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -119,17 +120,17 @@ def main(argv=None):
         train_s = time.perf_counter() - t0
         net, config = md.load_supernet(cfg.model_dir, args.space, use_ema=True)
         dcfg = data_lib.DataConfig.from_dict(config["data"])
+        # calibration and test batches of every evaluation from one read of the data set
+        make = functools.partial(data_lib.make_dataset, dcfg, cache=data_lib.DataCache(1))
 
-        def calib(dcfg=dcfg):
-            return data_lib.make_dataset(
-                dcfg, "train", args.batch_size, training=True, repeat=True, seed=args.seed + 1
-            )
+        def calib(make=make):
+            return make("train", args.batch_size, training=True, repeat=True, seed=args.seed + 1)
 
-        def test(dcfg=dcfg):
-            ds = data_lib.make_dataset(dcfg, "test", 256, training=False)
+        def test(make=make):
+            ds = make("test", 256, training=False)
             return ds.take(args.eval_batches) if args.eval_batches else ds
 
-        evaluator = cb.SubnetEvaluator(net, None, calib, test, args.calib_batches)
+        evaluator = cb.EmaEvaluator(net, None, calib, test, args.calib_batches)
         per_bin = []
         for i, group in enumerate(subnets):
             accs = [evaluator({"a": a})["a"] for a, _ in group]

@@ -19,12 +19,17 @@ Typical use::
     config, notices = resolve_data_config(DataConfig())   # falls back to digits if needed
     info = get_info(config)
     train_ds = make_dataset(config, "train", 128, training=True, repeat=True, seed=0)
+
+Loading a source reads the whole data set into memory. A caller that builds several datasets
+from one config passes a ``DataCache`` it owns (``cache=``) so the source is read once; there is
+no module-level cache, so without one every call reads its source afresh (and sees changed
+files).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
 import os
 from typing import Any, Optional, Union
 
@@ -48,9 +53,9 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SPLITS",
+    "DataCache",
     "DataConfig",
     "DatasetInfo",
-    "clear_cache",
     "dataset_from_flag",
     "distribute_dataset",
     "get_info",
@@ -222,31 +227,79 @@ def resolve_data_config(
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources and splits (cached per process)
+# Sources and splits (cached by the caller's DataCache)
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
-def _load_source_cached(dataset: str, data_dir, tfds_data_dir, manual_dir):
-    if dataset == "fashion_mnist":
-        return sources.load_fashion_mnist(data_dir or FASHION_MNIST_DEFAULT_DIR)
-    if dataset == "digits":
+def _source_key(config: DataConfig) -> tuple:
+    return (config.dataset, config.data_dir, config.tfds_data_dir, config.manual_dir)
+
+
+def _read_source(config: DataConfig):
+    if config.dataset == "fashion_mnist":
+        return sources.load_fashion_mnist(config.data_dir or FASHION_MNIST_DEFAULT_DIR)
+    if config.dataset == "digits":
         return sources.load_digits_source()
-    if dataset.startswith("tfds:"):
-        return sources.load_tfds(dataset[5:], tfds_data_dir, manual_dir)
-    return sources.load_folder(dataset[7:])
+    if config.dataset.startswith("tfds:"):
+        return sources.load_tfds(config.dataset[5:], config.tfds_data_dir, config.manual_dir)
+    return sources.load_folder(config.dataset[7:])
 
 
-def _load_source(config: DataConfig):
-    return _load_source_cached(
-        config.dataset, config.data_dir, config.tfds_data_dir, config.manual_dir
-    )
+class DataCache:
+    """Loaded sources and their split plans, owned by a caller that builds several datasets.
+
+    ``get_info``, ``make_dataset`` and ``distribute_dataset`` take ``cache=``: with a cache a
+    source is read once and reused; without one each call reads it afresh. A cache holds whole
+    data sets in memory (Fashion-MNIST: about 55 MB), at most ``max_sources`` of them (the
+    least recently used one is dropped first); ``clear()`` or dropping the object frees them.
+    Not thread-safe: build datasets from one thread (``tf.data`` runs the pipelines itself).
+
+    Args:
+        max_sources: sources kept at once (>= 1).
+    """
+
+    def __init__(self, max_sources: int = 2):
+        if isinstance(max_sources, bool) or not isinstance(max_sources, int) or max_sources < 1:
+            raise ValueError(f"max_sources={max_sources!r}; expected a positive int")
+        self.max_sources = max_sources
+        self._sources: collections.OrderedDict = collections.OrderedDict()
+        self._plans: dict = {}  # source key -> {config: (plan, notices)}
+
+    def source(self, config: DataConfig):
+        """The loaded source of ``config`` (read on first use)."""
+        key = _source_key(config)
+        if key in self._sources:
+            self._sources.move_to_end(key)
+        else:
+            self._sources[key] = _read_source(config)
+            while len(self._sources) > self.max_sources:
+                old, _ = self._sources.popitem(last=False)
+                self._plans.pop(old, None)
+        return self._sources[key]
+
+    def split_plan(self, config: DataConfig) -> tuple[dict, tuple[str, ...]]:
+        """``_split_plan`` of ``config``, computed once per config."""
+        source = self.source(config)
+        plans = self._plans.setdefault(_source_key(config), {})
+        if config not in plans:
+            plans[config] = _split_plan(config, source)
+        return plans[config]
+
+    def clear(self) -> None:
+        """Forgets every loaded source and split plan."""
+        self._sources.clear()
+        self._plans.clear()
+
+    def __len__(self) -> int:
+        return len(self._sources)
 
 
-def clear_cache() -> None:
-    """Forgets loaded sources and split plans (e.g. after files changed on disk)."""
-    _load_source_cached.cache_clear()
-    _split_plan.cache_clear()
+def _source_and_plan(config: DataConfig, cache: Optional[DataCache]):
+    """``(source, plan, plan notices)``, from ``cache`` when one is given."""
+    if cache is None:
+        source = _read_source(config)
+        return (source, *_split_plan(config, source))
+    return (cache.source(config), *cache.split_plan(config))
 
 
 def _native_splits(source) -> tuple[str, ...]:
@@ -255,10 +308,9 @@ def _native_splits(source) -> tuple[str, ...]:
     return tuple(source.splits)
 
 
-@functools.lru_cache(maxsize=32)
-def _split_plan(config: DataConfig) -> tuple[dict, tuple[str, ...]]:
-    """``{split: (native split, sorted int64 indices)}`` plus notices, for a resolved config."""
-    source = _load_source(config)
+def _split_plan(config: DataConfig, source) -> tuple[dict, tuple[str, ...]]:
+    """``{split: (native split, sorted int64 indices)}`` plus notices, for a resolved config and
+    its loaded source."""
     native = _native_splits(source)
     notices = list(source.notices)
     n = source.split_size("train")
@@ -310,11 +362,10 @@ def _split_plan(config: DataConfig) -> tuple[dict, tuple[str, ...]]:
     return plan, tuple(notices)
 
 
-def get_info(config: Union[DataConfig, dict]) -> DatasetInfo:
-    """Describes the data a config yields (loads and scans the source once per process)."""
+def get_info(config: Union[DataConfig, dict], cache: Optional[DataCache] = None) -> DatasetInfo:
+    """Describes the data a config yields (loads and scans the source; once with a ``cache``)."""
     config, notices = resolve_data_config(config, fallback=False)
-    source = _load_source(config)
-    plan, plan_notices = _split_plan(config)
+    source, plan, plan_notices = _source_and_plan(config, cache)
     return DatasetInfo(
         name=source.name,
         num_classes=len(source.class_names),
@@ -364,6 +415,7 @@ def make_dataset(
     seed: Optional[int] = None,
     input_context: Any = None,
     drop_remainder: Optional[bool] = None,
+    cache: Optional[DataCache] = None,
 ):
     """Batched ``(images float32 [B, S, S, 3], labels int32 [B])`` for one split.
 
@@ -379,6 +431,7 @@ def make_dataset(
         seed: makes shuffling and augmentation deterministic; ``None`` draws a fresh seed.
         input_context: a ``tf.distribute.InputContext``: shard by input pipeline.
         drop_remainder: drop the last partial batch (default: ``training or repeat``).
+        cache: the caller's ``DataCache``; None reads the source afresh.
 
     Returns:
         A ``tf.data.Dataset``.
@@ -390,8 +443,7 @@ def make_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
     config, _ = resolve_data_config(config, fallback=False)
-    source = _load_source(config)
-    plan, _ = _split_plan(config)
+    source, plan, _ = _source_and_plan(config, cache)
     native, idx = plan[split]
     if not len(idx):
         hint = {
@@ -493,12 +545,16 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def distribute_dataset(strategy, config, split, global_batch_size, **kw):
-    """``strategy.distribute_datasets_from_function`` over `make_dataset` (one shard each)."""
+def distribute_dataset(strategy, config, split, global_batch_size, cache=None, **kw):
+    """``strategy.distribute_datasets_from_function`` over `make_dataset` (one shard each); the
+    pipelines share ``cache`` (a new ``DataCache`` when None), so the source is read once."""
     config, _ = resolve_data_config(config, fallback=False)
-    _split_plan(config)  # load and validate eagerly, outside the dataset function
+    cache = DataCache() if cache is None else cache
+    cache.split_plan(config)  # load and validate eagerly, outside the dataset function
 
     def dataset_fn(input_context):
-        return make_dataset(config, split, global_batch_size, input_context=input_context, **kw)
+        return make_dataset(
+            config, split, global_batch_size, input_context=input_context, cache=cache, **kw
+        )
 
     return strategy.distribute_datasets_from_function(dataset_fn)

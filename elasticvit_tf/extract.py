@@ -9,6 +9,10 @@ layers of ``layers.static_layers``, weights copied from the supernet slices.
 ``recalibrate_bn(target, dataset, num_batches)`` re-estimates every BatchNorm in place with the
 cumulative average of batch means and unbiased batch variances (PyTorch ``momentum=None``),
 normalising with batch statistics during the passes, as the official evaluation does.
+
+``subnet_top1(net, arch, ...)`` is the evaluation of one subnet that the search's fitness
+(``search.evaluator.SubnetEvaluator``) and the training's periodic evaluation
+(``train.callbacks.EmaEvaluator``) share: set the arch, recalibrate BN, top-1.
 """
 
 from __future__ import annotations
@@ -213,3 +217,57 @@ def _recalibrate_static(model, dataset, num_batches):
     for bn, (m, v) in zip(bns, sums):
         bn.moving_mean.assign((m / n).astype(np.float32))
         bn.moving_variance.assign((v / n).astype(np.float32))
+
+
+# --------------------------------------------------------------------------- evaluation
+# One traced top-1 count per (supernet, slot), kept like the calibration steps above.
+_TOP1_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _top1_step(net, slot):
+    steps = _TOP1_STEPS.setdefault(net, {})
+    if slot not in steps:
+        net_ref = weakref.ref(net)
+
+        @tf.function(jit_compile=False, reduce_retracing=True)
+        def correct(x, y):
+            logits = net_ref()(x, training=False, slot=slot)
+            pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            y = tf.reshape(tf.cast(y, tf.int32), [-1])
+            return tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.int64))
+
+        steps[slot] = correct
+    return steps[slot]
+
+
+def subnet_top1(
+    net, arch: ArchConfig, calibration_data, calibration_batches: int, eval_data, slot: int = 0
+) -> float:
+    """Top-1 of one subnet of a supernet (docs/method.md#bn-recalibration).
+
+    Sets ``arch`` in ``slot``, recalibrates every BatchNorm on ``calibration_batches`` batches
+    of ``calibration_data`` (0: keeps the statistics), then counts correct predictions over all
+    of ``eval_data`` with BN in inference mode. No fine-tuning; the arch stays set.
+
+    Args:
+        net: an ``ElasticSupernet``.
+        arch: the subnet.
+        calibration_data: iterable of training batches (see ``recalibrate_bn``).
+        calibration_batches: BN recalibration batches (>= 0).
+        eval_data: iterable of ``(images, int labels)`` batches.
+        slot: the supernet slot used.
+
+    Returns:
+        The fraction of correct top-1 predictions, in [0, 1].
+    """
+    net.set_arch(arch, slot=slot)
+    if calibration_batches > 0:
+        recalibrate_bn(net, calibration_data, calibration_batches, slot=slot)
+    correct = _top1_step(net, slot)
+    right, total = 0, 0
+    for images, labels in eval_data:
+        right += int(correct(images, labels))
+        total += int(np.size(labels))
+    if total == 0:
+        raise ValueError("eval_data yielded no examples: expected a non-empty evaluation split")
+    return right / total

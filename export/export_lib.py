@@ -140,12 +140,12 @@ def _build_from_model_dir(cfg: ExportConfig, log) -> tuple[Any, dict, Any]:
     return model, config.get("data"), arch
 
 
-def _dataset(data_cfg: dict | None, split: str, batch_size: int, seed: int):
+def _dataset(data_cfg: dict | None, split: str, batch_size: int, seed: int, cache=None):
     from elasticvit_tf.data import DataConfig, make_dataset
 
     if data_cfg is None:
         return None
-    return make_dataset(DataConfig.from_dict(data_cfg), split, batch_size, seed=seed)
+    return make_dataset(DataConfig.from_dict(data_cfg), split, batch_size, seed=seed, cache=cache)
 
 
 def _data_config(cfg: ExportConfig, from_model_dir: dict | None, side: int) -> dict | None:
@@ -166,11 +166,11 @@ def _resize(images: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(resize_images(images, side, "bicubic"), dtype=np.float32)
 
 
-def _eval_split(data_cfg: dict) -> str:
+def _eval_split(data_cfg: dict, cache=None) -> str:
     """The held-out split used for verification: test, else val."""
     from elasticvit_tf.data import DataConfig, get_info
 
-    sizes = get_info(DataConfig.from_dict(data_cfg)).split_sizes
+    sizes = get_info(DataConfig.from_dict(data_cfg), cache=cache).split_sizes
     for name in ("test", "val"):
         if sizes.get(name, 0) > 0:
             return name
@@ -233,7 +233,10 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
     # Data: BN calibration + representative images from train; verification from val/test.
     rep_images = train_x = train_y = None
     if data_cfg is not None:
-        train = _dataset(data_cfg, "train", cfg.calibration_batch_size, cfg.seed)
+        from elasticvit_tf.data import DataCache
+
+        cache = DataCache(max_sources=1)  # every split below from one read of the source
+        train = _dataset(data_cfg, "train", cfg.calibration_batch_size, cfg.seed, cache)
         if cfg.model_dir and cfg.calibration_batches > 0:
             from elasticvit_tf.extract import recalibrate_bn
 
@@ -245,7 +248,7 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
         )
         train_x = _resize(train_x, side)
         rep_images = train_x[: cfg.representative_steps]
-        eval_ds = _dataset(data_cfg, _eval_split(data_cfg), 64, cfg.seed)
+        eval_ds = _dataset(data_cfg, _eval_split(data_cfg, cache), 64, cfg.seed, cache)
         eval_x, eval_y = quant_lib.collect_images(
             eval_ds, cfg.verify_images, with_labels=True, what="verification images"
         )

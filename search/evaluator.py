@@ -1,9 +1,9 @@
 """Subnet fitness for the search: set the arch, recalibrate BN, top-1 on the ``search`` split.
 
-``SubnetEvaluator`` follows docs/method.md#bn-recalibration (search variant): the supernet's active
-arch is set, every BatchNorm is recalibrated on ``calibration_batches`` training batches (training
-augmentation), then top-1 is measured on the held-out ``search`` split with BN in inference mode. No
-fine-tuning.
+``SubnetEvaluator`` follows docs/method.md#bn-recalibration (search variant; the evaluation
+itself is ``extract.subnet_top1``): the supernet's active arch is set, every BatchNorm is
+recalibrated on ``calibration_batches`` training batches (training augmentation), then top-1 is
+measured on the held-out ``search`` split with BN in inference mode. No fine-tuning.
 
 ``EvalCache`` stores results per arch key as JSON in the tuner's project directory, so a
 resumed or repeated search never evaluates an arch twice. Every tuner process writes its own
@@ -62,43 +62,19 @@ class SubnetEvaluator:
         self.calibration_batches = calibration_batches
         self.eval_batches = eval_batches
         self.slot = slot
-        self._forward = None
-
-    def _logits(self, images):
-        import tensorflow as tf
-
-        if self._forward is None:
-            # The arch lives in int32 variables of the supernet: one trace serves every subnet.
-            self._forward = tf.function(lambda x: self.net(x, training=False, slot=self.slot))
-        return self._forward(images)
-
-    def _recalibrate(self) -> None:
-        """``extract.recalibrate_bn`` (cumulative BN statistics over the batches,
-        docs/method.md#bn-recalibration); it keeps one traced step per supernet and slot, so trials
-        do not re-trace."""
-        from elasticvit_tf.extract import recalibrate_bn
-
-        recalibrate_bn(self.net, self.calibration_data, self.calibration_batches, slot=self.slot)
 
     def evaluate(self, arch: ArchConfig) -> float:
-        """Sets ``arch``, recalibrates BN, returns top-1 (a fraction in [0, 1])."""
-        import numpy as np
+        """Sets ``arch``, recalibrates BN, returns top-1 (a fraction in [0, 1]); the supernet
+        keeps one traced forward per slot, so trials do not re-trace
+        (``extract.subnet_top1``)."""
+        from elasticvit_tf.extract import subnet_top1
 
-        self.net.set_arch(arch, slot=self.slot)
-        if self.calibration_batches > 0:
-            self._recalibrate()
         data = self.eval_data
         if self.eval_batches is not None:
             data = data.take(self.eval_batches)
-        correct, total = 0, 0
-        for images, labels in data:
-            pred = np.argmax(np.asarray(self._logits(images)), axis=-1)
-            labels = np.asarray(labels).reshape(-1)
-            correct += int(np.sum(pred == labels))
-            total += int(labels.shape[0])
-        if total == 0:
-            raise ValueError("eval_data yielded no examples: expected a non-empty search split")
-        return correct / total
+        return subnet_top1(
+            self.net, arch, self.calibration_data, self.calibration_batches, data, slot=self.slot
+        )
 
     __call__ = evaluate
 

@@ -192,10 +192,11 @@ def build_evaluator(config: SearchConfig, space: SearchSpace):
     if "data" not in mcfg:
         raise ValueError(f"--model_dir={config.model_dir}: config.json has no 'data' entry")
     dcfg = data_lib.DataConfig.from_dict(mcfg["data"])
+    cache = data_lib.DataCache(max_sources=1)  # both splits from one read of the source
     calib = data_lib.make_dataset(
-        dcfg, "train", config.batch_size, training=True, repeat=True, seed=config.seed
+        dcfg, "train", config.batch_size, training=True, repeat=True, seed=config.seed, cache=cache
     )
-    evald = data_lib.make_dataset(dcfg, "search", config.batch_size, training=False)
+    evald = data_lib.make_dataset(dcfg, "search", config.batch_size, training=False, cache=cache)
     return SubnetEvaluator(
         net,
         calib,

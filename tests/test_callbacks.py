@@ -158,7 +158,7 @@ def test_eval_callback_writes_eval_json(tmp_path, tiny):
     assert calls == [["max", "min"], ["max", "min"]]
 
 
-def test_subnet_evaluator_restores_live_weights(tiny):
+def test_ema_evaluator_restores_live_weights(tiny):
     from elasticvit_tf.supernet import ElasticSupernet
 
     net = ElasticSupernet(tiny, 3, num_slots=2)
@@ -168,7 +168,7 @@ def test_subnet_evaluator_restores_live_weights(tiny):
     before = [np.array(v.numpy()) for v in md.ema_source_variables(net)]
     x = tf.random.stateless_normal([8, 16, 16, 3], seed=[1, 2])
     y = tf.constant([0, 1, 2, 0, 1, 2, 0, 1])
-    ev = cb.SubnetEvaluator(net, ema, lambda: [(x, y)], lambda: [(x, y)], calib_batches=0)
+    ev = cb.EmaEvaluator(net, ema, lambda: [(x, y)], lambda: [(x, y)], calib_batches=0)
     res = ev({"min": tiny.min_arch()})
     # All-zero EMA weights give all-equal logits: argmax 0 -> 3 of 8 right.
     assert res["min"] == pytest.approx(3 / 8)

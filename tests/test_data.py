@@ -46,7 +46,6 @@ def fashion_dir(tmp_path):
     ):
         _write_idx(os.path.join(folder, im + gz), _unique_images(n, off))
         _write_idx(os.path.join(folder, lb + gz), np.arange(n) % 10)
-    data.clear_cache()
     return folder
 
 
@@ -168,6 +167,30 @@ def test_splits_disjoint_and_reproducible(fashion_dir):
     other = _fashion_config(fashion_dir, split_seed=1, **kw)
     moved, _ = _collect(data.make_dataset(other, "search", 64))
     assert _hashes(moved) != hashes["search"] and len(_hashes(moved)) == 30
+
+
+def test_data_cache_reads_a_source_once_and_is_bounded(fashion_dir, monkeypatch):
+    reads = []
+    real = data._read_source
+    monkeypatch.setattr(data, "_read_source", lambda c: reads.append(c.dataset) or real(c))
+    config = _fashion_config(fashion_dir, image_size=28, augment="none")
+    cache = data.DataCache(max_sources=1)
+    info = data.get_info(config, cache=cache)
+    x, _ = _collect(data.make_dataset(config, "search", 64, cache=cache))
+    _collect(data.make_dataset(dataclasses.replace(config, split_seed=1), "test", 64, cache=cache))
+    assert reads == ["fashion_mnist"] and len(cache) == 1
+    assert len(x) == info.split_sizes["search"]
+    data.get_info(data.DataConfig(dataset="digits"), cache=cache)  # evicts fashion_mnist
+    data.get_info(config, cache=cache)
+    assert reads == ["fashion_mnist", "digits", "fashion_mnist"] and len(cache) == 1
+    # Without a cache every call reads afresh (no module-level state).
+    data.get_info(config)
+    data.get_info(config)
+    assert reads[3:] == ["fashion_mnist", "fashion_mnist"]
+    cache.clear()
+    assert len(cache) == 0
+    with pytest.raises(ValueError, match="max_sources=0"):
+        data.DataCache(max_sources=0)
 
 
 def test_max_train_examples_caps_train_only(fashion_dir):
@@ -350,7 +373,6 @@ def test_tfds_mock_batches():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=40):
-        data.clear_cache()
         config = data.DataConfig(dataset="tfds:mnist", search_size=8, val_fraction=0.1)
         info = data.get_info(config)
         assert info.num_classes == 10 and info.channels_in == 1
@@ -362,20 +384,17 @@ def test_tfds_mock_batches():
         ctx = tf.distribute.InputContext(2, 1, 2)
         xv, _ = _collect(data.make_dataset(config, "val", 4, input_context=ctx))
         assert xv.shape == (2, 32, 32, 3)
-    data.clear_cache()
 
 
 def test_tfds_imagenet2012_mock():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=6):
-        data.clear_cache()
         config = data.DataConfig(dataset="tfds:imagenet2012", search_size=1, image_size=48)
         info = data.get_info(config)
         assert info.num_classes == 1000 and info.channels_in == 3
         x, _ = _collect(data.make_dataset(config, "train", 2, training=True, seed=0))
         assert x.shape == (4, 48, 48, 3)
-    data.clear_cache()
 
 
 # --- the real Debian Fashion-MNIST -----------------------------------------------------------

@@ -254,9 +254,9 @@ class ScalarLogger(keras.callbacks.Callback):
         self._t0, self._s0 = now, self.state.step
 
 
-class SubnetEvaluator:
+class EmaEvaluator:
     """Top-1 of named subnets with the EMA weights after BN recalibration
-    (docs/method.md#bn-recalibration).
+    (docs/method.md#bn-recalibration; each subnet is ``extract.subnet_top1``).
 
     The live weights (and BN statistics) are backed up first and restored afterwards, so
     evaluating never changes training.
@@ -276,23 +276,8 @@ class SubnetEvaluator:
         self.eval_dataset = eval_dataset
         self.calib_batches = int(calib_batches)
 
-        @tf.function(jit_compile=False, reduce_retracing=True)
-        def _correct(x, y):
-            logits = self.net(x, training=False, slot=0)
-            pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            return tf.reduce_sum(tf.cast(tf.equal(pred, tf.cast(y, tf.int32)), tf.int64))
-
-        self._correct = _correct
-
-    def accuracy(self) -> float:
-        right, total = 0, 0
-        for x, y in self.eval_dataset():
-            right += int(self._correct(x, y))
-            total += int(np.shape(y)[0])
-        return right / max(total, 1)
-
     def __call__(self, archs: dict) -> dict:
-        from elasticvit_tf.extract import recalibrate_bn
+        from elasticvit_tf.extract import subnet_top1
 
         sources = ema_source_variables(self.net)
         backup = [np.array(v.numpy()) for v in sources]
@@ -302,10 +287,9 @@ class SubnetEvaluator:
             if self.ema is not None:
                 self.ema.copy_to_model()
             for name, arch in archs.items():
-                self.net.set_arch(arch, 0)
-                if self.calib_batches > 0:
-                    recalibrate_bn(self.net, self.calib_dataset(), self.calib_batches, slot=0)
-                out[name] = self.accuracy()
+                out[name] = subnet_top1(
+                    self.net, arch, self.calib_dataset(), self.calib_batches, self.eval_dataset()
+                )
         finally:
             for v, b in zip(sources, backup):
                 v.assign(b)
@@ -318,7 +302,7 @@ class EvalCallback(keras.callbacks.Callback):
     logs ``eval/<name>_top1`` to TensorBoard and appends records to ``eval.json``.
 
     Args:
-        evaluator: a ``SubnetEvaluator``.
+        evaluator: an ``EmaEvaluator`` (names -> archs in, names -> top-1 out).
         archs: name -> arch (``{"min": space.min_arch(), "max": space.max_arch()}``).
         state: ``RunState``.
         every: steps between evaluations (0: only at the end).

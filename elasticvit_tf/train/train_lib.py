@@ -474,7 +474,10 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     num_workers = max(1, _num_workers(_tf_config())) if task_type else 1
 
     data_cfg, notices = data_lib.resolve_data_config(_data_config(config, space), fallback=False)
-    info = data_lib.get_info(data_cfg)
+    # This run reads its data set once: every dataset below (training pipelines, calibration and
+    # evaluation at each periodic evaluation) comes from this cache.
+    data_cache = data_lib.DataCache(max_sources=1)
+    info = data_lib.get_info(data_cfg, cache=data_cache)
     for n in list(notices) + list(info.notices):
         print(f"data: {n}", flush=True)
     spe, total_steps = _schedule(config, info.split_sizes["train"])
@@ -581,6 +584,7 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
                 repeat=True,
                 seed=config.seed,
                 input_context=ctx,
+                cache=data_cache,
             )
             # NOTE: distribute_datasets_from_function hands each pipeline's consecutive
             # per-replica batches to its local replicas: one step = per_pipeline batches.
@@ -592,11 +596,19 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
 
     def calib_dataset():
         return data_lib.make_dataset(
-            data_cfg, "train", config.batch_size, training=True, repeat=True, seed=config.seed + 1
+            data_cfg,
+            "train",
+            config.batch_size,
+            training=True,
+            repeat=True,
+            seed=config.seed + 1,
+            cache=data_cache,
         )
 
     def eval_dataset():
-        ds = data_lib.make_dataset(data_cfg, config.eval_split, eval_bs, training=False)
+        ds = data_lib.make_dataset(
+            data_cfg, config.eval_split, eval_bs, training=False, cache=data_cache
+        )
         return ds.take(config.eval_batches) if config.eval_batches > 0 else ds
 
     # ---------------------------------------------------------------- callbacks
@@ -628,9 +640,7 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
         state=state,
         scorer=cb.BankScorer(net, strategy, rescore_batches, state),
     )
-    evaluator = cb.SubnetEvaluator(
-        net, trainer.ema, calib_dataset, eval_dataset, config.calib_batches
-    )
+    evaluator = cb.EmaEvaluator(net, trainer.ema, calib_dataset, eval_dataset, config.calib_batches)
     eval_cb = cb.EvalCallback(
         evaluator,
         {"min": space.min_arch(), "max": space.max_arch()},
