@@ -229,53 +229,47 @@ def _fmt(ms: dict, scale: float = 100.0, signed: bool = False) -> str:
     return m + (f" ± {ms['se'] * scale:.2f}" if ms["se"] is not None else "")
 
 
+def _table(title: str, columns: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
+    lines = ["", title, ""] if title else [""]
+    lines += ["| " + " | ".join(columns) + " |", "|---|" + "---|" * (len(columns) - 1)]
+    return lines + [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+
+
 def render(doc: dict) -> str:
     """Markdown tables of ``summarize(doc)`` (top-1 in %, mean ± standard error)."""
     sm = summarize(doc)
     ss = sm["samplers"]
-    lines = [
-        f"runs: {len(doc['runs'])} ({', '.join(sorted(doc['runs']))})",
-        "",
-        "Mean test top-1 (%) per FLOPs level, all evaluated archs (min arch + in-bin archs):",
-        "",
-        "| level (MFLOPs) | " + " | ".join(ss) + " |",
-        "|---|" + "---|" * len(ss),
-    ]
-    for lv, row in sm["levels"].items():
-        lines.append(f"| {lv} | " + " | ".join(_fmt(row[s]["all"]) for s in ss) + " |")
-    lines.append(
-        "| uniform over the space (secondary) | "
-        + " | ".join(_fmt(sm["uniform_space"][s]) for s in ss)
-        + " |"
-    )
     others = [s for s in ss if s != BASELINE]
+    level_col = ["level (MFLOPs)"]
+    rows = [(lv, [_fmt(row[s]["all"]) for s in ss]) for lv, row in sm["levels"].items()]
+    rows.append(("uniform over the space (secondary)", [_fmt(sm["uniform_space"][s]) for s in ss]))
+    lines = [f"runs: {len(doc['runs'])} ({', '.join(sorted(doc['runs']))})"]
+    lines += _table(
+        "Mean test top-1 (%) per FLOPs level, all evaluated archs (min arch + in-bin archs):",
+        level_col + ss,
+        rows,
+    )
     for subset, title in (("all", "all archs"), ("dominating", "archs dominating the min arch")):
-        lines += [
-            "",
-            f"Paired difference vs {BASELINE} (top-1 points, {title}):",
-            "",
-            "| level (MFLOPs) | " + " | ".join(others) + " | pairs |",
-            "|---|" + "---|" * (len(others) + 1),
-        ]
+        rows = []
         for lv in sm["levels"]:
-            cells = [_fmt(sm["paired"][s][lv][subset], signed=True) for s in others]
-            n = max([sm["paired"][s][lv][subset]["n"] for s in others] or [0])
-            lines.append(f"| {lv} | " + " | ".join(cells) + f" | {n} |")
-    lines += [
-        "",
-        "Best-of-level (chosen on the search split, test top-1 %):",
-        "",
-        "| level (MFLOPs) | " + " | ".join(ss) + " |",
-        "|---|" + "---|" * len(ss),
+            cells = [sm["paired"][s][lv][subset] for s in others]
+            n = max([c["n"] for c in cells] or [0])
+            rows.append((lv, [_fmt(c, signed=True) for c in cells] + [str(n)]))
+        lines += _table(
+            f"Paired difference vs {BASELINE} (top-1 points, {title}):",
+            level_col + others + ["pairs"],
+            rows,
+        )
+    rows = [(lv, [_fmt(row[s]["best_of_level"]) for s in ss]) for lv, row in sm["levels"].items()]
+    lines += _table(
+        "Best-of-level (chosen on the search split, test top-1 %):", level_col + ss, rows
+    )
+    diag = sm["diagnostics"]
+    rows = [
+        (name, [_fmt(diag[s][name], scale=1.0) for s in ss])
+        for name in ("grad_cos_consecutive_steps", "grad_cos_within_step", "train_seconds")
     ]
-    for lv, row in sm["levels"].items():
-        lines.append(f"| {lv} | " + " | ".join(_fmt(row[s]["best_of_level"]) for s in ss) + " |")
-    lines += ["", "| diagnostic | " + " | ".join(ss) + " |", "|---|" + "---|" * len(ss)]
-    for name in ("grad_cos_consecutive_steps", "grad_cos_within_step"):
-        cells = [_fmt(sm["diagnostics"][s][name], scale=1.0) for s in ss]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    cells = [_fmt(sm["diagnostics"][s]["train_seconds"], scale=1.0) for s in ss]
-    lines.append("| train seconds | " + " | ".join(cells) + " |")
+    lines += _table("", ["diagnostic"] + ss, rows)
     lines.append("")
     for s, w in sm["levels_at_least_uniform"].items():
         lines.append(f"{s}: paired mean >= {BASELINE} at {w} of {len(sm['levels'])} levels")
