@@ -575,6 +575,22 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         self.p_bank = float(state["p_bank"])
 
 
+def dominates(arch: ArchConfig, min_arch: ArchConfig) -> bool:
+    """Whether ``arch`` lies in the part of the space a level trains: resolution, stem width and
+    depth, every stage's width and depth, expansion ratio, MLP ratio and V scale at least
+    ``min_arch``'s (docs/method.md#level-bins-and-min-subnets; kernels are free)."""
+    if arch.resolution < min_arch.resolution or arch.stem.width < min_arch.stem.width:
+        return False
+    if arch.stem.depth < min_arch.stem.depth or len(arch.stages) != len(min_arch.stages):
+        return False
+    for s, m in zip(arch.stages, min_arch.stages):
+        for field in ("width", "depth", "expand_ratio", "mlp_ratio", "v_scale"):
+            a, b = getattr(s, field), getattr(m, field)
+            if a is not None and b is not None and a < b:
+                return False
+    return True
+
+
 def bank_archs(state: Mapping[str, Any]) -> list[ArchConfig]:
     """The archs of the memory banks in a saved sampler state (``get_state()``), best score
     first; empty for a sampler without banks.
