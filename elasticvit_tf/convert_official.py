@@ -308,6 +308,11 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
             "reading PyTorch checkpoints needs torch: pip install 'elasticvit-tf[torch]' "
             "(torch==2.13.0)"
         ) from None
+    if not _looks_like_torch_save(path):
+        raise ConversionError(
+            f"--checkpoint {path} is not a PyTorch checkpoint: expected a torch.save file (a zip "
+            "archive, or a legacy pickle file)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # torch raises many types for foreign files
@@ -319,6 +324,16 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
                 "rerun with --allow_pickle"
             )
         raise ConversionError(f"{path} is not a readable PyTorch checkpoint: {msg}{hint}") from None
+
+
+def _looks_like_torch_save(path: str) -> bool:
+    """torch.save writes a zip archive (``PK\\x03\\x04``) or, before torch 1.6, a pickle
+    stream (protocol 2+: first byte ``\\x80``)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(1)
+    return head == b"\x80" or zipfile.is_zipfile(path)
 
 
 # ------------------------------------------------------------------------------ checking
@@ -536,6 +551,10 @@ def main(argv) -> int:
     for name in ("checkpoint", "model_dir"):
         if not getattr(FLAGS, name):
             return _fail(f"--{name} is required")
+    from elasticvit_tf import cli
+
+    _check_output_dir(FLAGS.model_dir)
+    cli.check_output_dir(FLAGS.model_dir, "model_dir")
     try:
         report = convert_checkpoint(
             FLAGS.checkpoint,
@@ -560,21 +579,11 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _parse_flags(argv):
-    from absl import flags
-
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:  # absl would exit 1; bad input exits 2 here
-        sys.exit(_fail(str(e)))
-
-
 def run():
     """Console-script entry point (``elasticvit-convert``)."""
-    from absl import app
+    from elasticvit_tf import cli
 
-    define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    cli.run("elasticvit-convert", main, define_flags)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from elasticvit_tf import arch as arch_lib
 from elasticvit_tf import flops as flops_lib
@@ -174,8 +174,10 @@ def main(argv) -> int:
 
 
 def run() -> None:
-    define_flags()
-    app.run(main)
+    """Console-script entry point (``elasticvit-info``; never loads TensorFlow)."""
+    from elasticvit_tf import cli
+
+    cli.run("elasticvit-info", main, define_flags, tensorflow=False)
 
 
 if __name__ == "__main__":
