@@ -9,6 +9,8 @@ Writes one JSON per mode, named ``lut_<space>_<target>_<mode>_t<threads>_<date>.
 
 from __future__ import annotations
 
+import shutil
+
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -55,6 +57,11 @@ def main(argv) -> int:
 
     space = get_space(FLAGS.space)
     cli.check_output_dir(FLAGS.output_dir)
+    if FLAGS.target.startswith("adb:") and shutil.which("adb") is None:
+        raise cli.UsageError(
+            f"--target={FLAGS.target}: adb was not found on PATH; install Android "
+            "platform-tools or use --target=local"
+        )
     try:
         out = lut_builder.build_lut(
             space,

@@ -214,9 +214,12 @@ def build_evaluator(config: SearchConfig, space: SearchSpace):
     if "data" not in mcfg:
         raise ValueError(f"--model_dir={config.model_dir}: config.json has no 'data' entry")
     dcfg = data_lib.DataConfig.from_dict(mcfg["data"])
-    calib = data_lib.make_dataset(
-        dcfg, "train", config.batch_size, training=True, repeat=True, seed=config.seed
-    )
+
+    def calib():  # rebuilt per arch: the same batches whatever ran before (resume-exact)
+        return data_lib.make_dataset(
+            dcfg, "train", config.batch_size, training=True, repeat=True, seed=config.seed
+        )
+
     evald = data_lib.make_dataset(dcfg, "search", config.batch_size, training=False)
     return SubnetEvaluator(
         net,
@@ -320,7 +323,10 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
     if role != "worker":
         with open(os.path.join(tuner.project_dir, "search_config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2)
-    tuner.search(verbose=0)
+    from elasticvit_tf import cli
+
+    with cli.deferred_sigterm():  # SIGTERM finishes the running trial, then stops
+        tuner.search(verbose=0)
     if role == "worker":
         return {"role": role, "project_dir": tuner.project_dir, "evaluations": tuner.evaluations}
 
