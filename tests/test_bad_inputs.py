@@ -269,7 +269,7 @@ def run_group(binary: str, cases: list, fixtures: dict) -> list:
         flags.mark_flag_as_required(name)
     results = []
     for cid, args, _ in cases:
-        case_dir = os.path.join(fixtures["root"], "cases", cid)
+        case_dir = os.path.join(fixtures["root"], "cases", binary, cid)
         os.makedirs(case_dir)
         values = dict(fixtures, out=os.path.join(case_dir, "out"))
         argv = [binary, *(a.format(**values) for a in args)]
@@ -308,9 +308,12 @@ def group_results(binary: str, fixtures: dict) -> dict:
         proc = subprocess.run(
             [sys.executable, __file__, spec], env=env, capture_output=True, text=True, timeout=900
         )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        with open(spec + ".out") as f:
-            _RESULTS[binary] = {r["id"]: r for r in json.load(f)}
+        if proc.returncode != 0:
+            _RESULTS[binary] = proc.stderr[-3000:]
+        else:
+            with open(spec + ".out") as f:
+                _RESULTS[binary] = {r["id"]: r for r in json.load(f)}
+    assert isinstance(_RESULTS[binary], dict), _RESULTS[binary]  # the group's process failed
     return _RESULTS[binary]
 
 
