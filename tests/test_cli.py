@@ -118,6 +118,7 @@ def test_binary_modules_import_without_tensorflow():
 STARTUP_NOISE = ("cudart_stub", "cuda_", "oneDNN", "cpu_feature_guard", "absl::InitializeLog")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "binary, args",
     [

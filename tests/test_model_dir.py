@@ -273,12 +273,13 @@ def test_training_lock_refuses_a_second_holder(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_training_lock_is_released_when_the_holder_is_killed(tmp_path):
     code = textwrap.dedent(
         f"""
         import time
         from elasticvit_tf import model_dir as md
-        md.TrainingLock({str(tmp_path)!r}).acquire()
+        lock = md.TrainingLock({str(tmp_path)!r}).acquire()
         print("locked", flush=True)
         time.sleep(600)
         """
