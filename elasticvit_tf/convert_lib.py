@@ -303,6 +303,11 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
             "reading PyTorch checkpoints needs torch: pip install 'elasticvit-tf[torch]' "
             "(torch==2.13.0)"
         ) from None
+    if not _looks_like_torch_save(path):
+        raise ConversionError(
+            f"--checkpoint {path} is not a PyTorch checkpoint: expected a torch.save file (a zip "
+            "archive, or a legacy pickle file)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # torch raises many types for foreign files
@@ -314,6 +319,16 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
                 "rerun with --allow_pickle"
             )
         raise ConversionError(f"{path} is not a readable PyTorch checkpoint: {msg}{hint}") from None
+
+
+def _looks_like_torch_save(path: str) -> bool:
+    """torch.save writes a zip archive (``PK\\x03\\x04``) or, before torch 1.6, a pickle
+    stream (protocol 2+: first byte ``\\x80``)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(1)
+    return head == b"\x80" or zipfile.is_zipfile(path)
 
 
 # ------------------------------------------------------------------------------ checking

@@ -41,7 +41,10 @@ def main(argv) -> int:
     for name in ("checkpoint", "model_dir"):
         if not getattr(FLAGS, name):
             return _fail(f"--{name} is required")
+    from elasticvit_tf import cli
+
     try:
+        cli.check_output_dir(FLAGS.model_dir, "model_dir")
         report = convert_checkpoint(
             FLAGS.checkpoint,
             FLAGS.model_dir,
@@ -65,21 +68,11 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _parse_flags(argv):
-    from absl import flags
-
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:  # absl would exit 1; bad input exits 2 here
-        sys.exit(_fail(str(e)))
-
-
 def run():
     """Console-script entry point (``elasticvit-convert``)."""
-    from absl import app
+    from elasticvit_tf import cli
 
-    define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    cli.run("elasticvit-convert", main, define_flags)
 
 
 if __name__ == "__main__":

@@ -349,7 +349,9 @@ def _split_plan(config: DataConfig, source) -> tuple[dict, tuple[str, ...]]:
         plan["val"] = ("train", np.sort(perm[:n_val]))
     max_search = int(MAX_SEARCH_FRACTION * (len(perm) - n_val))
     n_search = min(config.search_size, max_search)
-    if n_search < config.search_size:
+    # The default size is a cap (5000 on ImageNet-size data): only a size the user chose and
+    # that cannot be met is worth a notice.
+    if n_search < config.search_size != DataConfig.search_size:
         notices.append(
             f"search_size={config.search_size} is too large for {len(perm) - n_val} train "
             f"images: the search split holds {n_search} ({MAX_SEARCH_FRACTION:.0%})."
@@ -366,6 +368,11 @@ def get_info(config: Union[DataConfig, dict], cache: Optional[DataCache] = None)
     """Describes the data a config yields (loads and scans the source; once with a ``cache``)."""
     config, notices = resolve_data_config(config, fallback=False)
     source, plan, plan_notices = _source_and_plan(config, cache)
+    if len(source.class_names) < 2:
+        raise ValueError(
+            f"dataset {config.dataset!r} has {len(source.class_names)} class(es) "
+            f"{list(source.class_names)}; a classification data set needs at least 2"
+        )
     return DatasetInfo(
         name=source.name,
         num_classes=len(source.class_names),

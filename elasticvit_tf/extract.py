@@ -252,7 +252,9 @@ def subnet_top1(
     Args:
         net: an ``ElasticSupernet``.
         arch: the subnet.
-        calibration_data: iterable of training batches (see ``recalibrate_bn``).
+        calibration_data: iterable of training batches (see ``recalibrate_bn``), or a callable
+            returning one (called per subnet, so every subnet sees the same batches whatever
+            was evaluated before).
         calibration_batches: BN recalibration batches (>= 0).
         eval_data: iterable of ``(images, int labels)`` batches.
         slot: the supernet slot used.
@@ -262,6 +264,8 @@ def subnet_top1(
     """
     net.set_arch(arch, slot=slot)
     if calibration_batches > 0:
+        if callable(calibration_data):
+            calibration_data = calibration_data()
         recalibrate_bn(net, calibration_data, calibration_batches, slot=slot)
     correct = _top1_step(net, slot)
     right, total = 0, 0

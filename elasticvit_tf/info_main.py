@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from elasticvit_tf import arch as arch_lib
 from elasticvit_tf import flops as flops_lib
@@ -58,14 +58,10 @@ def resolve_arch(value: str, space: space_lib.SearchSpace) -> arch_lib.ArchConfi
                 f"--arch={value}: malformed JSON ({e.msg} at line {e.lineno}); expected an "
                 "object with resolution, stem and stages"
             ) from None
-        if isinstance(data, dict) and "arch" in data and "resolution" not in data:
-            data = data["arch"]  # best_arch_*.json files wrap the arch with metrics
         try:
-            a = arch_lib.ArchConfig.from_dict(data)
-            space.validate_arch(a)
+            return space_lib.arch_from_json(data, space)
         except ValueError as e:
             raise UsageError(f"--arch={value}: {e}") from None
-        return a
     raise UsageError(
         f"--arch={value!r} is neither a published model ({', '.join(arch_lib.PUBLISHED_MODEL_NAMES)}"
         "), 'min'/'max', nor a path to an ArchConfig JSON file"
@@ -174,8 +170,10 @@ def main(argv) -> int:
 
 
 def run() -> None:
-    define_flags()
-    app.run(main)
+    """Console-script entry point (``elasticvit-info``; never loads TensorFlow)."""
+    from elasticvit_tf import cli
+
+    cli.run("elasticvit-info", main, define_flags, tensorflow=False)
 
 
 if __name__ == "__main__":

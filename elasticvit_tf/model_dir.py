@@ -29,10 +29,13 @@ Written by ``elasticvit-train`` and ``elasticvit-convert``; read by search, expo
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
+import shutil
 import tempfile
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +47,8 @@ EVAL_NAME = "eval.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 TENSORBOARD_SUBDIR = "tensorboard"
 CHECKPOINT_PREFIX = "ckpt"
+LOCK_NAME = "train.lock"
+ARCH_LOG_NAME = "arch_log.jsonl"
 
 
 # ------------------------------------------------------------------------------- paths
@@ -63,9 +68,178 @@ def eval_path(model_dir: str) -> str:
     return os.path.join(model_dir, EVAL_NAME)
 
 
+def arch_log_path(model_dir: str) -> str:
+    return os.path.join(model_dir, ARCH_LOG_NAME)
+
+
 def latest_checkpoint(model_dir: str) -> Optional[str]:
     """Path prefix of the last complete checkpoint in ``model_dir/checkpoints``, or None."""
     return tf.train.latest_checkpoint(checkpoint_dir(model_dir))
+
+
+def checkpoint_paths(model_dir: str) -> list[str]:
+    """Path prefixes of the checkpoints in ``model_dir/checkpoints``, newest first: those the
+    ``checkpoint`` state file lists, or (when that file is missing or damaged) every
+    ``ckpt-N.index`` found."""
+    directory = checkpoint_dir(model_dir)
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+        paths = list(state.all_model_checkpoint_paths) if state else []
+        if state and state.model_checkpoint_path and state.model_checkpoint_path not in paths:
+            paths.append(state.model_checkpoint_path)
+    except (tf.errors.OpError, ValueError, UnicodeDecodeError):
+        paths = []
+    if not paths:
+        paths = [p[: -len(".index")] for p in glob.glob(os.path.join(directory, "ckpt-*.index"))]
+    paths = [p if os.path.isabs(p) else os.path.join(directory, p) for p in paths]
+    paths = [p for p in paths if os.path.exists(p + ".index")]
+    return sorted(set(paths), key=_checkpoint_number, reverse=True)
+
+
+def _checkpoint_number(path: str) -> int:
+    try:
+        return int(path.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _damage(path: str, err: BaseException) -> str:
+    detail = " ".join(str(getattr(err, "message", None) or err).split())[:200]
+    return f"checkpoint {path} (files {path}.index, {path}.data-*) is damaged: {detail}"
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
+    """``checkpoint.restore(path)`` with a damaged file reported as ``ValueError`` naming it
+    (a truncated data file, an ``.index`` that is not a checkpoint index)."""
+    try:
+        tf.train.list_variables(path)
+        return checkpoint.restore(path)
+    except (tf.errors.OpError, IndexError, OSError, UnicodeDecodeError) as e:
+        raise ValueError(_damage(path, e)) from None
+
+
+def restore_latest_intact(
+    model_dir: str, restore: Callable[[str], Any], log: Callable[[str], None] = print
+) -> str:
+    """Restores the newest checkpoint of ``model_dir`` that reads back, newest first.
+
+    A damaged newer checkpoint is reported through ``log`` (naming the one restored instead)
+    and dropped from the ``checkpoint`` state file, so the run continues from the previous
+    intact step and later saves replace it. Never starts silently from scratch: ``ValueError``
+    when no checkpoint is intact.
+
+    Args:
+        model_dir: the run's directory.
+        restore: ``restore(path)`` restores every object (raises on damage or mismatch).
+        log: receives the fallback notice.
+
+    Returns:
+        the path prefix restored.
+    """
+    damaged = []
+    paths = checkpoint_paths(model_dir)
+    for path in paths:
+        try:
+            restore(path)
+        except (tf.errors.OpError, IndexError, OSError, UnicodeDecodeError, ValueError) as e:
+            damaged.append(path)
+            log(_damage(path, e) if not isinstance(e, ValueError) else " ".join(str(e).split()))
+            continue
+        if damaged:
+            log(f"falling back to the previous intact checkpoint {path}")
+            intact = [p for p in reversed(paths) if p not in damaged]
+            tf.compat.v1.train.update_checkpoint_state(
+                checkpoint_dir(model_dir), path, all_model_checkpoint_paths=intact
+            )
+        return path
+    raise ValueError(
+        f"no intact checkpoint in {checkpoint_dir(model_dir)} (damaged: {', '.join(damaged)}); "
+        "resume needs one: restore the files or pick a new --model_dir"
+    )
+
+
+def remove_orphan_temp_dirs(model_dir: str) -> list[str]:
+    """Removes the ``ckpt-N_temp/`` directories a process killed while writing a checkpoint
+    leaves behind; returns them."""
+    found = [
+        d for d in glob.glob(os.path.join(checkpoint_dir(model_dir), "*_temp")) if os.path.isdir(d)
+    ]
+    for d in found:
+        shutil.rmtree(d, ignore_errors=True)
+    return found
+
+
+def trim_arch_log(model_dir: str, step: int) -> None:
+    """Keeps the ``arch_log.jsonl`` records of steps before ``step`` (the restored one): a
+    resumed run logs the later steps again. A torn last line is dropped."""
+    path = arch_log_path(model_dir)
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] < step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + ARCH_LOG_NAME, suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+class TrainingLock:
+    """An exclusive lock on a model_dir for one training process (``model_dir/train.lock``).
+
+    ``fcntl.flock`` based: the kernel releases it when the process dies (kill -9 included), so
+    a stale file never blocks a resume. The file records the holder's pid and host.
+    """
+
+    def __init__(self, model_dir: str):
+        self.path = os.path.join(model_dir, LOCK_NAME)
+        self._file = None
+
+    def acquire(self) -> "TrainingLock":
+        import fcntl
+        import socket
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = " ".join(f.read().split()) or "another process"
+            f.close()
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise ValueError(
+                f"{os.path.dirname(self.path)} is being trained by {holder} (lock "
+                f"{self.path}); wait for it to finish or pick another --model_dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            import fcntl
+
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "TrainingLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # ------------------------------------------------------------------------------- JSON
@@ -411,9 +585,12 @@ def load_supernet(
             "elasticvit-train or elasticvit-convert"
         )
     net = build_supernet(space, config)
-    has_ema = checkpoint_has(path, "ema")
+    try:
+        has_ema = checkpoint_has(path, "ema")
+    except (tf.errors.OpError, IndexError, OSError, UnicodeDecodeError) as e:
+        raise ValueError(_damage(path, e)) from None
     ema = EmaWeights(ema_source_variables(net)) if has_ema else None
-    status = make_checkpoint(net, ema=ema).restore(path)
+    status = restore_checkpoint(make_checkpoint(net, ema=ema), path)
     status.expect_partial()
     try:
         status.assert_existing_objects_matched()

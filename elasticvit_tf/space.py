@@ -517,3 +517,25 @@ def get_published_arch(name: str) -> ArchConfig:
             f"unknown model {name!r}; expected one of " f"{list(arch_lib.PUBLISHED_MODEL_NAMES)}"
         )
     return get_space("elasticvit").from_official(arch_lib.OFFICIAL_ENCODINGS[name])
+
+
+def arch_from_json(
+    data: Any, space: Optional[SearchSpace] = None, validate: bool = True
+) -> ArchConfig:
+    """An arch from parsed arch JSON (docs/formats.md): an ``ArchConfig`` object, a
+    ``best_arch_*.json`` wrapper ``{"arch": {...}, "metrics": ...}``, or the official 10-list
+    encoding (as the official release and the paper publish archs), which needs ``space``.
+    Validated against ``space`` when given (an ``ArchConfig`` object only if ``validate``)."""
+    if isinstance(data, dict) and "arch" in data and "resolution" not in data:
+        data = data["arch"]
+    if isinstance(data, (list, tuple)):
+        if space is None:
+            raise ValueError(
+                "an official 10-list encoding needs a known space; expected an ArchConfig "
+                "object (resolution, stem, stages)"
+            )
+        return space.from_official(data)
+    arch = ArchConfig.from_dict(data)
+    if space is not None and validate:
+        space.validate_arch(arch)
+    return arch

@@ -99,21 +99,18 @@ class ExportConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_arch(value: str):
-    """An ArchConfig from a JSON file path or a published model name."""
-    from elasticvit_tf.arch import ArchConfig
-    from elasticvit_tf.space import get_published_arch
+def load_arch(value: str, space=None):
+    """An ArchConfig from a JSON file path or a published model name (an official 10-list
+    JSON file needs ``space``)."""
+    from elasticvit_tf.space import arch_from_json, get_published_arch
 
     if os.path.isfile(value):
         with open(value) as f:
             text = f.read()
         try:
-            data = json.loads(text)
-            if isinstance(data, dict) and "arch" in data and "resolution" not in data:
-                data = data["arch"]  # best_arch_<budget>.json from elasticvit-search
-            return ArchConfig.from_dict(data)
-        except Exception as err:
-            raise ValueError(f"--arch file {value!r} is not an ArchConfig JSON: {err}") from err
+            return arch_from_json(json.loads(text), space, validate=False)
+        except ValueError as err:  # JSONDecodeError included
+            raise ValueError(f"--arch file {value!r} is not an ArchConfig JSON: {err}") from None
     try:
         return get_published_arch(value)
     except ValueError as err:
@@ -124,9 +121,13 @@ def load_arch(value: str):
 
 def _build_from_model_dir(cfg: ExportConfig, log) -> tuple[Any, dict, Any]:
     from elasticvit_tf.extract import extract_subnet
-    from elasticvit_tf.model_dir import load_supernet
+    from elasticvit_tf.model_dir import load_supernet, read_config, space_from_config
 
-    arch = load_arch(cfg.arch)
+    try:  # the model_dir's space decodes an official 10-list arch before the net is built
+        space = space_from_config(read_config(cfg.model_dir), cfg.space)
+    except ValueError:
+        space = None  # load_supernet reports it below
+    arch = load_arch(cfg.arch, space)
     net, config = load_supernet(cfg.model_dir, space_name=cfg.space, use_ema=cfg.use_ema)
     try:
         net.space.validate_arch(arch)

@@ -107,8 +107,13 @@ def command_line(config: ExportConfig) -> str:
 def main(argv) -> int:
     from absl import flags
 
-    del argv
+    from elasticvit_tf import cli
+
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
     FLAGS = flags.FLAGS
+    if FLAGS.output_dir:
+        cli.check_output_dir(FLAGS.output_dir)
     try:
         if FLAGS.benchmark_only:
             res = run_benchmark_only(
@@ -124,24 +129,19 @@ def main(argv) -> int:
             print(benchmark_summary(FLAGS.tflite, res))
             return 0
         run_export(config_from_flags(FLAGS))
-    except (
-        ValueError,
-        verify_lib.VerificationError,
-        tflite_lib.FlexOpError,
-        bench_lib.AdbError,
-        quant_lib.QATError,
-    ) as err:
+    except (ValueError, bench_lib.AdbError) as err:  # bad input or a missing tool: exit 2
+        raise cli.UsageError(str(err)) from None
+    except (verify_lib.VerificationError, tflite_lib.FlexOpError, quant_lib.QATError) as err:
         print(f"elasticvit-export: error: {err}", file=sys.stderr)
-        return 1
+        return 1  # the model failed a check: not bad input, not a bug
     return 0
 
 
 def run() -> None:
     """Console-script entry point (`elasticvit-export`)."""
-    from absl import app
+    from elasticvit_tf import cli
 
-    define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run("elasticvit-export", main, define_flags)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ Writes one JSON per mode, named ``lut_<space>_<target>_<mode>_t<threads>_<date>.
 
 from __future__ import annotations
 
-import os
-import sys
+import shutil
 
-from absl import app, flags
+from absl import flags
 
 FLAGS = flags.FLAGS
 
@@ -49,14 +48,21 @@ def command_line(space: str, output_dir: str, **settings) -> str:
 
 
 def main(argv) -> int:
+    from elasticvit_tf import cli
+
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from elasticvit_tf.export import lut_builder
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
+    from elasticvit_tf.export import benchmark, lut_builder
     from elasticvit_tf.space import get_space
 
+    space = get_space(FLAGS.space)
+    cli.check_output_dir(FLAGS.output_dir)
+    if FLAGS.target.startswith("adb:") and shutil.which("adb") is None:
+        raise cli.UsageError(
+            f"--target={FLAGS.target}: adb was not found on PATH; install Android "
+            "platform-tools or use --target=local"
+        )
     try:
-        space = get_space(FLAGS.space)
         out = lut_builder.build_lut(
             space,
             modes=FLAGS.modes,
@@ -71,9 +77,8 @@ def main(argv) -> int:
             benchmark_model_path=FLAGS.benchmark_model_path,
             clock=FLAGS.clock,
         )
-    except ValueError as e:
-        print(f"elasticvit-lut: error: {e}", file=sys.stderr)
-        return 2
+    except benchmark.AdbError as e:  # adb missing or the device unreachable: exit 2
+        raise cli.UsageError(str(e)) from None
     for mode, r in out.items():
         lut = r["lut"]
         print(
@@ -85,8 +90,9 @@ def main(argv) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    from elasticvit_tf import cli
+
+    cli.run("elasticvit-lut", main, define_flags)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,12 @@ class SubnetEvaluator:
     Args:
         net: an ``ElasticSupernet`` (``set_arch(arch, slot=0)``, ``net(x, training=False)``).
         calibration_data: ``tf.data.Dataset`` of ``(images, labels)`` training batches with
-            training augmentation (the BN recalibration input); it is iterated afresh for every
-            arch, ``calibration_batches`` batches each time.
+            training augmentation (the BN recalibration input), or a zero-argument callable
+            returning a fresh one. A dataset is iterated afresh for every arch, so a shuffled
+            one yields other batches for the n-th arch than for the first; a callable that
+            rebuilds a seeded pipeline gives every arch the same ``calibration_batches``
+            batches, so a score does not depend on the trials run before it in the process
+            (a resumed search scores like an uninterrupted one).
         eval_data: ``tf.data.Dataset`` of ``(images, int labels)`` from the ``search`` split.
         calibration_batches: number of batches for BN recalibration (spec: 65 in search).
         eval_batches: number of ``eval_data`` batches to evaluate; None = the whole split.

@@ -128,7 +128,7 @@ def write_reports(
             "space": space.name,
             "space_hash": space.fingerprint(),
             "latency_mode": latency_mode,
-            "x": "latency_ms (predicted, minimised)",
+            "x": _x_axis(latency_mode)[0],
             "y": "top1 (search split, maximised)",
             "front": [records[i]["trial_id"] for i in front_idx],
             "points": points,
@@ -157,7 +157,7 @@ def write_reports(
             },
         )
 
-    x_label = "predicted latency (ms)" + (f", {latency_mode}" if latency_mode else "")
+    x_label = _x_axis(latency_mode)[1]
     paths["pareto.png"] = os.path.join(output_dir, "pareto.png")
     plot_pareto(paths["pareto.png"], records, front_ids, budgets, x_label)
 
@@ -167,7 +167,19 @@ def write_reports(
     return paths
 
 
+def _x_axis(latency_mode: Optional[str]) -> tuple[str, str]:
+    """The cost axis ``(pareto.json "x", plot/table label)``: predicted latency, or MFLOPs when
+    the search ran without a LUT (``FlopsProxyPredictor``, mode ``flops``: the ``latency_ms``
+    fields then hold MFLOPs at 1 ms per MFLOP)."""
+    if latency_mode == "flops":
+        return "latency_ms = MFLOPs (no --latency_lut: FLOPs proxy), minimised", "MFLOPs (no LUT)"
+    return "latency_ms (predicted, minimised)", "predicted latency (ms)" + (
+        f", {latency_mode}" if latency_mode else ""
+    )
+
+
 def _markdown(records, front_idx, best, space, latency_mode, settings) -> str:
+    x_label = _x_axis(latency_mode)[1]
     lines = [f"# Subnet search report: space `{space.name}` ({space.fingerprint()})", ""]
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     for k in sorted(settings):
@@ -176,7 +188,7 @@ def _markdown(records, front_idx, best, space, latency_mode, settings) -> str:
     lines += [
         "## Best subnet per latency budget",
         "",
-        "| budget (ms) | top-1 (%) | latency (ms) | MFLOPs | trial | arch |",
+        f"| budget | top-1 (%) | {x_label} | MFLOPs | trial | arch |",
         "|---|---|---|---|---|---|",
     ]
     for b, r in best.items():
@@ -193,7 +205,7 @@ def _markdown(records, front_idx, best, space, latency_mode, settings) -> str:
         "",
         "![pareto](pareto.png)",
         "",
-        "| latency (ms) | top-1 (%) | MFLOPs | trial | arch |",
+        f"| {x_label} | top-1 (%) | MFLOPs | trial | arch |",
         "|---|---|---|---|---|",
     ]
     for i in front_idx:

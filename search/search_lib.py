@@ -193,9 +193,18 @@ def build_evaluator(config: SearchConfig, space: SearchSpace):
         raise ValueError(f"--model_dir={config.model_dir}: config.json has no 'data' entry")
     dcfg = data_lib.DataConfig.from_dict(mcfg["data"])
     cache = data_lib.DataCache(max_sources=1)  # both splits from one read of the source
-    calib = data_lib.make_dataset(
-        dcfg, "train", config.batch_size, training=True, repeat=True, seed=config.seed, cache=cache
-    )
+
+    def calib():  # rebuilt per arch: the same batches whatever ran before (resume-exact)
+        return data_lib.make_dataset(
+            dcfg,
+            "train",
+            config.batch_size,
+            training=True,
+            repeat=True,
+            seed=config.seed,
+            cache=cache,
+        )
+
     evald = data_lib.make_dataset(dcfg, "search", config.batch_size, training=False, cache=cache)
     return SubnetEvaluator(
         net,
@@ -294,7 +303,10 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
     if role != "worker":
         with open(os.path.join(tuner.project_dir, "search_config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2)
-    tuner.search(verbose=0)
+    from elasticvit_tf import cli
+
+    with cli.deferred_sigterm():  # SIGTERM finishes the running trial, then stops
+        tuner.search(verbose=0)
     if role == "worker":
         return {"role": role, "project_dir": tuner.project_dir, "evaluations": tuner.evaluations}
 

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 
-from absl import app, flags
+from absl import flags
 
 
 def define_flags() -> None:
@@ -108,16 +108,16 @@ def command_line(config) -> str:
 def main(argv) -> int:
     del argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from elasticvit_tf import cli
     from elasticvit_tf.search import search_lib
 
-    try:
-        config = config_from_flags(flags.FLAGS)
-        if config.model_dir is None:
-            raise ValueError("--model_dir is required (the trained supernet to search)")
-        result = search_lib.run_search(config)
-    except ValueError as e:
-        print(f"elasticvit-search: error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_flags(flags.FLAGS)
+    if config.model_dir is None:
+        raise cli.UsageError("--model_dir is required (the trained supernet to search)")
+    cli.check_output_dir(config.directory, "directory")
+    if config.output_dir:
+        cli.check_output_dir(config.output_dir, "output_dir")
+    result = search_lib.run_search(config)
     if result.get("trials") == 0 and result.get("stop_reason"):
         print(f"elasticvit-search: error: {result['stop_reason']}", file=sys.stderr)
         return 2
@@ -131,8 +131,10 @@ def main(argv) -> int:
 
 
 def run() -> None:
-    define_flags()
-    app.run(main)
+    """Console-script entry point (``elasticvit-search``)."""
+    from elasticvit_tf import cli
+
+    cli.run("elasticvit-search", main, define_flags)
 
 
 if __name__ == "__main__":

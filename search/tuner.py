@@ -19,6 +19,7 @@ from typing import Optional
 
 from keras_tuner.engine import base_tuner
 
+from elasticvit_tf import cli
 from elasticvit_tf.flops import count_flops
 from elasticvit_tf.search import hyperparameters as hp_lib
 from elasticvit_tf.search.evaluator import EvalCache, as_evaluate_fn
@@ -87,6 +88,11 @@ class SupernetTuner(base_tuner.BaseTuner):
         return {"top1": top1, "latency_ms": latency, "mflops": float(count_flops(self.space, arch))}
 
     def pre_create_trial(self):
+        if cli.stop_requested():  # SIGTERM: the last trial is saved; a re-run resumes here
+            raise cli.Terminated(
+                f"search stopped between trials; its state is in {self.project_dir}: run the "
+                "same command again to resume"
+            )
         # BaseTuner.search re-asks immediately after an IDLE answer; back off instead of
         # spinning (each ask is a gRPC call to the chief in distributed mode).
         if self._idle:

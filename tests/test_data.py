@@ -318,10 +318,13 @@ def test_digits_shapes_classes_normalisation():
     np.testing.assert_allclose(raw[..., 0], raw[..., 2], atol=1e-5)
 
 
-def test_digits_search_size_clamped_with_notice():
+def test_digits_search_size_clamped_with_notice_only_when_chosen():
     info = data.get_info(data.DataConfig(dataset="digits"))
     assert info.split_sizes["search"] == 359
-    assert any("search_size=5000 is too large" in n for n in info.notices)
+    assert not any("too large" in n for n in info.notices)  # the default is only a cap
+    info = data.get_info(data.DataConfig(dataset="digits", search_size=1000))
+    assert info.split_sizes["search"] == 359
+    assert any("search_size=1000 is too large" in n for n in info.notices)
 
 
 # --- folder ----------------------------------------------------------------------------------

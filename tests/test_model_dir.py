@@ -239,3 +239,100 @@ def test_read_sampler_state(tmp_path):
         md.checkpoint_dir(step_only), tf.train.Checkpoint(step=tf.Variable(1))
     ).save()
     assert md.read_sampler_state(step_only) is None
+
+
+# ------------------------------------------------------------------------------- reliability
+def _two_checkpoints(tmp_path):
+    v = tf.Variable(0.0)
+    ckpt = tf.train.Checkpoint(v=v)
+    manager = md.checkpoint_manager(md.checkpoint_dir(str(tmp_path)), ckpt)
+    for step in (1, 2):
+        v.assign(float(step))
+        manager.save(checkpoint_number=step)
+    return v, ckpt
+
+
+@pytest.mark.parametrize("damage", ["truncate_data", "random_index"])
+def test_restore_falls_back_to_the_previous_intact_checkpoint(tmp_path, damage):
+    v, ckpt = _two_checkpoints(tmp_path)
+    latest = md.latest_checkpoint(str(tmp_path))
+    if damage == "truncate_data":
+        with open(latest + ".data-00000-of-00001", "r+b") as f:
+            f.truncate(3)
+    else:
+        with open(latest + ".index", "wb") as f:
+            f.write(np.random.default_rng(0).bytes(512))
+    with pytest.raises(ValueError, match=r"checkpoint .*ckpt-2 .* is damaged"):
+        md.restore_checkpoint(ckpt, latest)
+    v.assign(-1.0)
+    logs = []
+    path = md.restore_latest_intact(
+        str(tmp_path), lambda p: md.restore_checkpoint(ckpt, p), log=logs.append
+    )
+    assert path.endswith("ckpt-1") and float(v.numpy()) == 1.0
+    assert "ckpt-2" in logs[0] and "falling back" in logs[1] and "ckpt-1" in logs[1]
+    assert md.latest_checkpoint(str(tmp_path)).endswith("ckpt-1")  # the state file follows
+
+
+def test_restore_refuses_when_no_checkpoint_is_intact(tmp_path):
+    _, ckpt = _two_checkpoints(tmp_path)
+    for p in md.checkpoint_paths(str(tmp_path)):
+        with open(p + ".index", "wb") as f:
+            f.write(b"garbage")
+    with pytest.raises(ValueError, match="no intact checkpoint"):
+        md.restore_latest_intact(str(tmp_path), lambda p: md.restore_checkpoint(ckpt, p), print)
+
+
+def test_training_lock_refuses_a_second_holder(tmp_path):
+    with md.TrainingLock(str(tmp_path)):
+        with pytest.raises(ValueError, match=rf"being trained by pid {os.getpid()}"):
+            md.TrainingLock(str(tmp_path)).acquire()
+    with md.TrainingLock(str(tmp_path)):  # released: free again
+        pass
+
+
+@pytest.mark.slow
+def test_training_lock_is_released_when_the_holder_is_killed(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import time
+        from elasticvit_tf import model_dir as md
+        lock = md.TrainingLock({str(tmp_path)!r}).acquire()
+        print("locked", flush=True)
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=f"pid {proc.pid}"):
+            md.TrainingLock(str(tmp_path)).acquire()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    md.TrainingLock(str(tmp_path)).acquire().release()
+
+
+def test_orphan_temp_dirs_and_arch_log_trim(tmp_path):
+    temp = os.path.join(md.checkpoint_dir(str(tmp_path)), "ckpt-7_temp")
+    os.makedirs(os.path.join(temp, "part-00000-of-00001"))
+    assert md.remove_orphan_temp_dirs(str(tmp_path)) == [temp] and not os.path.exists(temp)
+    with open(md.arch_log_path(str(tmp_path)), "w") as f:
+        for step in (0, 1, 2, 3, 2, 3):
+            f.write(json.dumps({"step": step, "archs": []}) + "\n")
+        f.write('{"step": 4, "ar')  # torn by a kill
+    md.trim_arch_log(str(tmp_path), 2)
+    with open(md.arch_log_path(str(tmp_path))) as f:
+        assert [json.loads(line)["step"] for line in f] == [0, 1]
+
+
+def test_load_supernet_names_a_damaged_checkpoint(tmp_path, tiny):
+    from elasticvit_tf.supernet import ElasticSupernet
+
+    net = ElasticSupernet(tiny, 10, num_slots=1)
+    md.ensure_built(net, tiny)
+    path = md.save_supernet(str(tmp_path), net, {"num_classes": 10, "num_slots": 1}, step=1)
+    with open(path + ".data-00000-of-00001", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ValueError, match=r"ckpt-1 \(files .*ckpt-1.index.* is damaged"):
+        md.load_supernet(str(tmp_path))

@@ -57,6 +57,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
 
     plan = config.plan()
     layout = Layout(config.output_dir)
+    dataset, data_dir, notices = resolve_dataset(config)  # bad data: refused, nothing written
     os.makedirs(layout.root, exist_ok=True)
     if not config.resume and os.path.isdir(layout.stages_dir):
         shutil.rmtree(layout.stages_dir)
@@ -67,7 +68,6 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
 
     # ---- train
     banner("stage 1/4: train the demo supernet")
-    dataset, data_dir, notices = resolve_dataset(config)
     for n in notices:
         log(f"NOTICE: {n}")
     tc = train_config(config, plan, dataset, data_dir, layout)

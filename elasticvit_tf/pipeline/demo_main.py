@@ -15,9 +15,8 @@ Bad flags print one error line and exit with code 2.
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
 
 def define_flags() -> None:
@@ -74,18 +73,15 @@ def config_from_flags(FLAGS):
 
 
 def main(argv) -> int:
+    from elasticvit_tf import cli
+
     if len(argv) > 1:
-        print(f"elasticvit-demo: error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
     from elasticvit_tf.pipeline import demo_lib
 
-    try:
-        config = config_from_flags(flags.FLAGS)
-        report = demo_lib.run_demo(config)
-    except ValueError as e:
-        print(f"elasticvit-demo: error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_flags(flags.FLAGS)
+    cli.check_output_dir(config.output_dir)
+    report = demo_lib.run_demo(config)
     g = report["goals"]
     print(
         f"done in {report['total_seconds']:.0f}s: largest subnet float top-1 "
@@ -98,8 +94,9 @@ def main(argv) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    from elasticvit_tf import cli
+
+    cli.run("elasticvit-demo", main, define_flags)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from elasticvit_tf import cli
 from elasticvit_tf.model_dir import ema_source_variables, write_json_atomic
 
 
@@ -422,5 +423,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         return path
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every > 0 and self.state.step % self.every == 0:
+        if cli.stop_requested():  # SIGTERM: save this step, stop fit (docs/design.md)
+            self.save()
+            self.model.stop_training = True
+        elif self.every > 0 and self.state.step % self.every == 0:
             self.save()

@@ -13,6 +13,7 @@ without a time box never looks at the clock to decide what to do.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,6 +22,7 @@ import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
+from elasticvit_tf import cli
 from elasticvit_tf import model_dir as md
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -329,7 +331,7 @@ def _check_existing(model_dir: str, new_config: dict, space) -> bool:
     """True when model_dir holds a resumable run of this config; ValueError when it holds
     something else (nothing is written in that case)."""
     has_config = os.path.isfile(md.config_path(model_dir))
-    has_ckpt = md.latest_checkpoint(model_dir) is not None
+    has_ckpt = bool(md.checkpoint_paths(model_dir))
     if not has_config:
         if has_ckpt:
             raise ValueError(
@@ -450,6 +452,11 @@ def steady_step_rate(model_dir: str, batch_size: int) -> Optional[float]:
 
 
 def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
+    with contextlib.ExitStack() as held:  # the model_dir's TrainingLock, once taken
+        return _train_holding(config, extra_callbacks, held)
+
+
+def _train_holding(config: TrainConfig, extra_callbacks, held: contextlib.ExitStack) -> dict:
     validate_config(config)
     import tensorflow as tf
 
@@ -500,6 +507,9 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
         "peak_lr": peak,
     }
     resume = _check_existing(config.model_dir, run_config, space)
+    if is_chief:
+        held.enter_context(md.TrainingLock(config.model_dir))
+        md.remove_orphan_temp_dirs(config.model_dir)
     teachers = recipe.load_teachers(config.teacher, info.num_classes)
     sampler = make_sampler(
         config.sampler,
@@ -550,13 +560,18 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
 
     state = cb.RunState(0, spe, config.batch_size, is_chief)
     if resume:
-        path = md.latest_checkpoint(config.model_dir)
-        ckpt.restore(path).assert_existing_objects_matched()
+        path = md.restore_latest_intact(
+            config.model_dir,
+            lambda p: md.restore_checkpoint(ckpt, p).assert_existing_objects_matched(),
+            log=lambda m: print(m, flush=True),
+        )
         state.step = int(step_var.numpy())
         sampler.set_state(json.loads(sampler_var.numpy().decode()))
         data_state = json.loads(data_var.numpy().decode() or "{}")
         state.rescore_batches = int(data_state.get("rescore_batches_consumed", 0))
         print(f"resumed from {path} at step {state.step}", flush=True)
+        if is_chief and config.log_archs:
+            md.trim_arch_log(config.model_dir, state.step)
     resumed_from = state.step
 
     ckpt_dir = md.checkpoint_dir(config.model_dir)
@@ -613,7 +628,7 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
 
     # ---------------------------------------------------------------- callbacks
     tb = md.tensorboard_dir(config.model_dir)
-    arch_log = os.path.join(config.model_dir, "arch_log.jsonl") if config.log_archs else None
+    arch_log = md.arch_log_path(config.model_dir) if config.log_archs else None
 
     def rescore_batches(skip):
         # The bank refresh's own pipeline, sharded as the training data; BankScorer averages
@@ -674,22 +689,31 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     # ---------------------------------------------------------------- fit
     # Keras epochs are kept aligned with real epochs: a run resumed mid-epoch first finishes
     # that epoch, then runs whole epochs, then a final partial one if steps say so.
+    # SIGTERM (pre-emption) stops at the next step end, after a checkpoint (CheckpointCallback).
     t0 = time.perf_counter()
-    while state.step < total_steps:
-        epoch, in_epoch = divmod(state.step, spe)
-        if in_epoch:
-            n_epochs, steps = 1, min(spe - in_epoch, total_steps - state.step)
-        elif total_steps - state.step >= spe:
-            n_epochs, steps = (total_steps - state.step) // spe, spe
-        else:
-            n_epochs, steps = 1, total_steps - state.step
-        trainer.fit(
-            train_dataset(state.step),
-            initial_epoch=epoch,
-            epochs=epoch + n_epochs,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            verbose=config.verbose if is_chief else 0,
+    with cli.deferred_sigterm():
+        while state.step < total_steps and not cli.stop_requested():
+            epoch, in_epoch = divmod(state.step, spe)
+            if in_epoch:
+                n_epochs, steps = 1, min(spe - in_epoch, total_steps - state.step)
+            elif total_steps - state.step >= spe:
+                n_epochs, steps = (total_steps - state.step) // spe, spe
+            else:
+                n_epochs, steps = 1, total_steps - state.step
+            trainer.fit(
+                train_dataset(state.step),
+                initial_epoch=epoch,
+                epochs=epoch + n_epochs,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose=config.verbose if is_chief else 0,
+                shuffle=False,  # tf.data pipelines are shuffled by data.make_dataset
+            )
+    if cli.stop_requested():
+        ckpt_cb.save()
+        raise cli.Terminated(
+            f"checkpoint of step {state.step} written to {ckpt_dir}; run the same command "
+            "again to resume"
         )
     seconds = time.perf_counter() - t0
     ckpt_cb.save()

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 
 FLAGS = flags.FLAGS
 
@@ -122,30 +121,25 @@ def command_line(config) -> str:
 
 
 def main(argv) -> int:
+    from elasticvit_tf import cli
+
     if len(argv) > 1:
-        print(f"elasticvit-train: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
     from elasticvit_tf.train import train_lib
 
-    try:
-        config = config_from_flags()
-        train_lib.validate_config(config)
-        result = train_lib.train(config)
-    except ValueError as e:
-        print(f"elasticvit-train: error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_flags()
+    train_lib.validate_config(config)
+    cli.check_output_dir(config.model_dir, "model_dir")
+    result = train_lib.train(config)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def run() -> None:
-    define_flags()
-    flags.mark_flag_as_required("model_dir")
+    """Console-script entry point (``elasticvit-train``)."""
+    from elasticvit_tf import cli
 
-    def _main(argv):
-        sys.exit(main(argv))
-
-    app.run(_main)
+    cli.run("elasticvit-train", main, define_flags, required=("model_dir",))
 
 
 if __name__ == "__main__":
