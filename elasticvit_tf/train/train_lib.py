@@ -71,6 +71,9 @@ class TrainConfig:
     agc_clip: float = 0.1
     ema_decay: float = 0.99985
     ema_warmup: bool = False
+    # True: variables no subnet of the step used get no AdamW update (official code under
+    # torch >= 2); default: every super-weight is updated every step (docs/method.md#training-recipe)
+    skip_unused_updates: bool = False
     # losses
     teacher: str = ""
     teacher_temperature: float = 0.2
@@ -449,6 +452,28 @@ def steady_step_rate(model_dir: str, batch_size: int) -> Optional[float]:
     return float(np.median(vals)) / batch_size if vals else None
 
 
+def make_trainer(config: TrainConfig, net, learning_rate, teachers: Sequence = ()):
+    """``(optimizer, SupernetTrainer)`` of ``config`` on ``net`` (compiled; call inside the
+    strategy's scope): the train step ``train`` runs, also timed by
+    benchmarks/supernet_step.py."""
+    from elasticvit_tf.train import optim, recipe
+
+    opt = optim.make_optimizer(net, learning_rate, weight_decay=config.weight_decay)
+    trainer = recipe.SupernetTrainer(
+        net,
+        teachers=teachers,
+        teacher_temperature=config.teacher_temperature,
+        label_smoothing=config.label_smoothing,
+        agc_clip=config.agc_clip,
+        ema_decay=config.ema_decay,
+        ema_warmup=config.ema_warmup,
+        grad_cosine=config.grad_cosine,
+        skip_unused_updates=config.skip_unused_updates,
+    )
+    trainer.compile(optimizer=opt, jit_compile=False)
+    return opt, trainer
+
+
 def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     validate_config(config)
     import tensorflow as tf
@@ -523,18 +548,7 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     )
     with strategy.scope():
         net = ElasticSupernet(space, info.num_classes, num_slots=config.num_subnets)
-        opt = optim.make_optimizer(net, schedule, weight_decay=config.weight_decay)
-        trainer = recipe.SupernetTrainer(
-            net,
-            teachers=teachers,
-            teacher_temperature=config.teacher_temperature,
-            label_smoothing=config.label_smoothing,
-            agc_clip=config.agc_clip,
-            ema_decay=config.ema_decay,
-            ema_warmup=config.ema_warmup,
-            grad_cosine=config.grad_cosine,
-        )
-        trainer.compile(optimizer=opt, jit_compile=False)
+        opt, trainer = make_trainer(config, net, schedule, teachers)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     sampler_var = tf.Variable("", dtype=tf.string, trainable=False, name="sampler_state")
     data_var = tf.Variable("", dtype=tf.string, trainable=False, name="data_state")
