@@ -74,11 +74,29 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_lr = float(warmup_lr)
         self.min_lr = float(min_lr)
         self.cooldown_steps = int(cooldown_steps)
+        # The traced step reads the length from here, so a time box can re-plan it mid-run
+        # (``replan``) without a retrace; a plain run never changes it.
+        self._cos_len = tf.Variable(
+            float(max(self.total_steps - self.cooldown_steps, 1)),
+            trainable=False,
+            dtype=tf.float32,
+            name="cosine_length",
+        )
+
+    def replan(self, total_steps: int) -> None:
+        """Sets the schedule's total length (warm-up and cool-down kept)."""
+        if total_steps <= self.warmup_steps + self.cooldown_steps and total_steps > 1:
+            raise ValueError(
+                f"replan: total_steps={total_steps} must exceed warmup_steps + cooldown_steps "
+                f"({self.warmup_steps + self.cooldown_steps})"
+            )
+        self.total_steps = int(total_steps)
+        self._cos_len.assign(float(max(self.total_steps - self.cooldown_steps, 1)))
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         base, lo = self.base_lr, self.min_lr
-        cos_len = float(max(self.total_steps - self.cooldown_steps, 1))
+        cos_len = tf.convert_to_tensor(self._cos_len)
         t = tf.minimum(step, cos_len)
         cosine = lo + 0.5 * (base - lo) * (1.0 + tf.cos(math.pi * t / cos_len))
         if self.warmup_steps > 0:

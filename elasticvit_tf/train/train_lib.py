@@ -155,7 +155,8 @@ class TimeBox:
     A probe of ``probe_steps`` steps runs first, inside the LR warm-up (whose values do not
     depend on the total, so the probe is the first part of the final schedule); it measures
     the steady step rate and the fixed costs (graph tracing, checkpoint, evaluation), then the
-    run resumes from the probe's checkpoint with the steps that fit. The probe is skipped (and
+    run resumes from the probe's checkpoint with the steps that fit, and re-plans them every
+    ``replan_every`` steps from the rate it measures (``TimeBoxReplan``). The probe is skipped (and
     the config's steps run as they are) when the warm-up or the run is too short for one.
 
     Attributes:
@@ -165,12 +166,15 @@ class TimeBox:
             reaches larger subnets later and checkpoints recur (measured: 2.4 % over a
             9-minute box without this margin).
         final_eval_seconds: time kept for the final evaluation of the min and max subnets.
+        replan_every: steps between re-plans during the run (``TimeBoxReplan``): the steps
+            that fit are recomputed from the rate just measured.
     """
 
     seconds: float
     probe_steps: int = 40
     rate_margin: float = 0.94
     final_eval_seconds: float = 30.0
+    replan_every: int = 50
 
     def __post_init__(self):
         if not self.seconds > 0:
@@ -408,11 +412,20 @@ def _train_time_boxed(config, box: TimeBox, extra_callbacks, log) -> dict:
             f"[train] probe: {rate or 0:.3f} steps/s steady, {overhead or 0:.0f}s fixed costs; "
             f"planned {steps}/{target} steps to fit {box.seconds / 60:.1f} min"
         )
-    result = _train(dataclasses.replace(config, steps=steps), extra_callbacks)
+    replan = None
+    if rate:
+        deadline = t0 + box.seconds - box.final_eval_seconds
+        replan = TimeBoxReplan(deadline, steps, target, box.rate_margin, box.replan_every, log)
+    callbacks = list(extra_callbacks) + ([replan] if replan else [])
+    # With a re-plan the run is configured for the target (the upper bound); the callback sets
+    # the schedule to the plan before the first step and stops the run at the plan.
+    result = _train(dataclasses.replace(config, steps=target if replan else steps), callbacks)
     result.update(
         {
             "target_steps": target,
-            "planned_steps": steps,
+            "planned_steps": replan.planned if replan else steps,
+            "initial_planned_steps": steps,
+            "replans": replan.replans if replan else [],
             "time_box_s": box.seconds if probe > 0 else None,
             "probe_steps": probe,
             "probe_steps_per_s": rate,
@@ -422,6 +435,69 @@ def _train_time_boxed(config, box: TimeBox, extra_callbacks, log) -> dict:
         }
     )
     return result
+
+
+def _replan_callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class TimeBoxReplan(_replan_callback_base()):
+    """Re-plans a time-boxed run from the step rate measured while it trains.
+
+    Every ``every`` steps (the first window, which holds the tracing, is skipped) the steps
+    that still fit before ``deadline`` (``time.monotonic()``) at ``margin`` times the rate of
+    the last window become the new total, capped by ``target``: the LR schedule's length is
+    re-set in place (``WarmupCosine.replan``, no retrace) and the run stops at the new total.
+    So a probe taken while the machine was busy does not cut the training short. Only the time
+    box uses it; a plain ``train`` never looks at the clock.
+    """
+
+    def __init__(
+        self, deadline: float, planned: int, target: int, margin: float, every: int, log=print
+    ):
+        super().__init__()
+        self.deadline, self.target, self.margin = deadline, int(target), float(margin)
+        self.every, self.log = max(1, int(every)), log
+        self.planned = int(planned)
+        self.replans = []
+        self._mark = None
+
+    def _step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        self._mark = None
+        schedule = self.model.optimizer._learning_rate
+        if schedule.total_steps != self.planned:
+            schedule.replan(self.planned)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, now = self._step(), time.monotonic()
+        if self._mark is None:  # first step of this fit (tracing): start measuring after it
+            self._mark = (step, now)
+        elif step - self._mark[0] >= self.every:
+            rate = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
+            self._mark = (step, now)
+            self._replan(step, rate, now)
+        if step >= self.planned:
+            self.model.stop_training = True
+
+    def _replan(self, step, rate, now):
+        schedule = self.model.optimizer._learning_rate
+        fit = step + int(max(0.0, self.deadline - now) * rate * self.margin)
+        floor = max(step, schedule.warmup_steps + schedule.cooldown_steps + 1)
+        new = max(floor, min(self.target, fit))
+        if abs(new - self.planned) <= max(2, 0.01 * self.planned):
+            return
+        self.log(
+            f"[train] re-plan at step {step}: {rate:.3f} steps/s -> {new} steps "
+            f"(was {self.planned})"
+        )
+        schedule.replan(new)
+        self.replans.append({"step": step, "steps_per_s": rate, "planned_steps": new})
+        self.planned = new
 
 
 def _probe_config(config: TrainConfig, probe: int) -> TrainConfig:
@@ -665,6 +741,8 @@ def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
             callbacks=callbacks,
             verbose=config.verbose if is_chief else 0,
         )
+        if trainer.stop_training:  # a callback ended the run (the time box's re-plan)
+            break
     seconds = time.perf_counter() - t0
     ckpt_cb.save()
     final = eval_cb.last if eval_cb.last and eval_cb.last["step"] == state.step else None
