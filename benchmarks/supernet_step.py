@@ -1,13 +1,21 @@
-"""Supernet vs extracted static model: train-step time of the same subnet, and retraces.
+"""Supernet vs extracted static model: the ``elasticvit-train`` step of the same subnet.
 
-For the min, a middle (median-FLOPs of 201 samples) and the max arch of each space, times a
-full train step (forward + backward + AdamW update, same batch, inputs already at the arch
-resolution) of the supernet running the subnet and of the extracted static model, interleaved
-in one process; reports medians, p10/p90 and the ratio. Then counts the traces of the
-supernet's train step (fixed input shape) over random archs after warm-up.
+For each arch (default ``min``, ``elastic_S1``, ``elastic_L3``; ``min``/``middle``/``max`` of
+the non-elasticvit spaces) times, interleaved in one process on the same batch:
+
+* the full train step that ``elasticvit-train`` runs (``train_lib.make_trainer``: the
+  ``SupernetTrainer`` step, label-smoothed CE, AGC, ``FusedAdamW``, EMA) of the supernet with
+  one slot running the subnet, with the default semantics (every super-weight updated) and with
+  ``--skip_unused_updates`` (rows marked ``skip_unused_updates: true``);
+* the same trainer step on the extracted static model (wrapped as a one-slot net);
+* forward + backward alone (no optimizer) of both.
+
+Reports medians and ratios, then counts traces of the supernet step over random archs after
+warm-up (expected: 0).
 
 Usage:
-  python benchmarks/supernet_step.py [--spaces demo,elasticvit] [--reps 20] [--archs 200]
+  python benchmarks/supernet_step.py [--spaces=elasticvit] [--batch=8] [--reps=10]
+      [--archs=min,elastic_S1,elastic_L3] [--device=GPU:0] [--retrace_archs=20]
 Writes benchmarks/results/supernet_step.json.
 """
 
@@ -27,54 +35,84 @@ import tensorflow as tf
 
 from elasticvit_tf.extract import extract_subnet
 from elasticvit_tf.flops import count_flops
-from elasticvit_tf.space import get_space
+from elasticvit_tf.space import get_published_arch, get_space
 from elasticvit_tf.supernet import ElasticSupernet
+from elasticvit_tf.train import train_lib
 
-BATCH = {"tiny": 8, "demo": 16, "elasticvit": 2}
-
-
-def _loss(y, logits):
-    return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+NUM_CLASSES = {"elasticvit": 1000}
 
 
-def make_grad(model, call):
-    """Forward + backward only (no optimizer): isolates the graph overhead of the supernet
-    from the optimizer update, which touches every super-weight (by design,
-    docs/method.md#training-recipe)."""
-    variables = model.trainable_variables
+class StaticAsNet(keras.Model):
+    """An extracted static model behind the supernet interface the trainer uses (one slot)."""
+
+    DECAY_KEYS = ("qkv", "proj", "fc1", "fc2", "attention_bias", "dw_v", "head")
+
+    def __init__(self, model, num_classes):
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.num_slots = 1
+
+    def _check_slot(self, slot):
+        return slot
+
+    def call(self, x, training=False, slot=0):
+        return self.model(x, training=training)
+
+    def weight_decay_variables(self):
+        return [
+            v
+            for v in self.model.trainable_variables
+            if len(v.shape) >= 2 and any(k in v.path for k in self.DECAY_KEYS)
+        ]
+
+
+def make_step(net, skip_unused=False):
+    """The compiled ``elasticvit-train`` step of ``net`` (defaults of ``TrainConfig``)."""
+    config = train_lib.TrainConfig(
+        model_dir="unused", num_subnets=net.num_slots, skip_unused_updates=skip_unused
+    )
+    _, trainer = train_lib.make_trainer(config, net, 1e-4)
+    trainer.set_roles(["uniform"] * net.num_slots)
+    step = tf.function(lambda x, y: trainer.train_step((x, y))["loss"], jit_compile=False)
+    return step, trainer
+
+
+def make_fwd_bwd(net):
+    """Forward + backward only (no optimizer, AGC or EMA)."""
+    variables = net.trainable_variables
 
     @tf.function(jit_compile=False)
     def grad(x, y):
         with tf.GradientTape() as tape:
-            loss = _loss(y, call(x))
+            logits = net(x, training=True, slot=0)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            )
         grads = tape.gradient(loss, variables)
         return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None]) + loss
 
     return grad
 
 
-def make_step(model, call):
-    opt = keras.optimizers.AdamW(1e-4)
-    variables = model.trainable_variables
-    opt.build(variables)
+def pick_archs(space, names):
+    rng = np.random.default_rng(0)
+    out = []
+    for n in names:
+        if n == "min":
+            out.append((n, space.min_arch()))
+        elif n == "max":
+            out.append((n, space.max_arch()))
+        elif n == "middle":
+            archs = sorted((space.sample(rng) for _ in range(201)), key=space_flops(space))
+            out.append((n, archs[100]))
+        else:
+            out.append((n, get_published_arch(n)))
+    return out
 
-    @tf.function(jit_compile=False)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = _loss(y, call(x))
-        grads = tape.gradient(loss, variables)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        opt.apply_gradients(zip(grads, variables))
-        return loss
 
-    return step
-
-
-def middle_arch(space, seed=0):
-    rng = np.random.default_rng(seed)
-    archs = [space.sample(rng) for _ in range(201)]
-    archs.sort(key=lambda a: count_flops(space, a))
-    return archs[100]
+def space_flops(space):
+    return lambda a: count_flops(space, a)
 
 
 def _timed(fn, *args):
@@ -83,118 +121,129 @@ def _timed(fn, *args):
     return time.perf_counter() - t
 
 
-def bench_space(name, reps, n_archs, num_classes=10):
+def _ms(ts):
+    return float(np.median(ts) * 1e3)
+
+
+def bench_space(name, arch_names, batch, reps, retrace_archs):
     space = get_space(name)
+    num_classes = NUM_CLASSES.get(name, 10)
     net = ElasticSupernet(space, num_classes, num_slots=1)
-    super_step = make_step(net, lambda x: net(x, training=True, slot=0))
-    super_grad = make_grad(net, lambda x: net(x, training=True, slot=0))
-    rows = []
+    super_step, _ = make_step(net)
+    skip_step, _ = make_step(net, skip_unused=True)
+    super_grad = make_fwd_bwd(net)
     rng = np.random.default_rng(0)
-    for label, arch in (
-        ("min", space.min_arch()),
-        ("middle", middle_arch(space)),
-        ("max", space.max_arch()),
-    ):
-        r, b = arch.resolution, BATCH[name]
-        x = tf.constant(rng.normal(size=(b, r, r, 3)).astype("float32"))
-        y = tf.constant(rng.integers(0, num_classes, size=b))
+    rows = []
+    for label, arch in pick_archs(space, arch_names):
+        r = arch.resolution
+        x = tf.constant(rng.normal(size=(batch, r, r, 3)).astype("float32"))
+        y = tf.constant(rng.integers(0, num_classes, size=batch).astype("int32"))
         net.set_arch(arch)
-        model = extract_subnet(net, arch)
-        static_step = make_step(model, lambda x, m=model: m(x, training=True))
-        static_grad = make_grad(model, lambda x, m=model: m(x, training=True))
-        fns = [super_step, static_step, super_grad, static_grad]
-        for _ in range(3):  # warm-up (traces, grappler, allocator)
-            for fn in fns:
+        static = StaticAsNet(extract_subnet(net, arch), num_classes)
+        static_step, _ = make_step(static)
+        static_grad = make_fwd_bwd(static)
+        fns = {
+            "supernet": super_step,
+            "skip": skip_step,
+            "static": static_step,
+            "supernet_fb": super_grad,
+            "static_fb": static_grad,
+        }
+        for _ in range(2):  # warm-up (traces, allocator)
+            for fn in fns.values():
                 fn(x, y).numpy()
-        times = [[] for _ in fns]
+        times = {k: [] for k in fns}
+        load0 = os.getloadavg()
         for _ in range(reps):
-            for fn, t in zip(fns, times):
-                t.append(_timed(fn, x, y))
-        ts, tm, gs, gm = (np.array(t) for t in times)
-        row = {
+            for k, fn in fns.items():
+                times[k].append(_timed(fn, x, y))
+        base = {
             "space": name,
             "arch": label,
             "key": arch.key(),
             "mflops": round(count_flops(space, arch), 3),
-            "batch": b,
-            "supernet_ms": float(np.median(ts) * 1e3),
-            "static_ms": float(np.median(tm) * 1e3),
-            "supernet_p10_p90_ms": [
-                float(np.percentile(ts, 10) * 1e3),
-                float(np.percentile(ts, 90) * 1e3),
-            ],
-            "static_p10_p90_ms": [
-                float(np.percentile(tm, 10) * 1e3),
-                float(np.percentile(tm, 90) * 1e3),
-            ],
+            "batch": batch,
+            "num_classes": num_classes,
+            "reps": reps,
+            "loadavg": [round(v, 2) for v in os.getloadavg()],
+            "loadavg_start": [round(v, 2) for v in load0],
+            "static_ms": _ms(times["static"]),
+            "supernet_fwd_bwd_ms": _ms(times["supernet_fb"]),
+            "static_fwd_bwd_ms": _ms(times["static_fb"]),
+            "supernet_params": int(sum(np.prod(v.shape) for v in net.trainable_variables)),
+            "static_params": int(sum(np.prod(v.shape) for v in static.trainable_variables)),
         }
-        row["ratio"] = row["supernet_ms"] / row["static_ms"]
-        row["supernet_fwd_bwd_ms"] = float(np.median(gs) * 1e3)
-        row["static_fwd_bwd_ms"] = float(np.median(gm) * 1e3)
-        row["ratio_fwd_bwd"] = row["supernet_fwd_bwd_ms"] / row["static_fwd_bwd_ms"]
-        row["supernet_params"] = int(sum(np.prod(v.shape) for v in net.trainable_variables))
-        row["static_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-        rows.append(row)
-        print(
-            f"{name:10s} {label:6s} {row['mflops']:9.2f} MFLOPs b={b:3d}  supernet "
-            f"{row['supernet_ms']:8.1f} ms  static {row['static_ms']:8.1f} ms  "
-            f"ratio {row['ratio']:.3f} | fwd+bwd {row['supernet_fwd_bwd_ms']:.1f} vs "
-            f"{row['static_fwd_bwd_ms']:.1f} ms ratio {row['ratio_fwd_bwd']:.3f}",
-            flush=True,
-        )
-    if n_archs <= 0:
-        return rows, {"space": name, "archs": 0, "retraces": None}
-    # retraces over random archs at a fixed input shape, after warm-up
-    r = min(space.resolutions)  # any fixed input size works (resized in-model)
-    b = BATCH[name]
-    x = tf.constant(rng.normal(size=(b, r, r, 3)).astype("float32"))
-    y = tf.constant(rng.integers(0, num_classes, size=b))
-    net.set_arch(space.sample(rng))
-    super_step(x, y).numpy()
-    before = super_step.experimental_get_tracing_count()
-    t = time.perf_counter()
-    for _ in range(n_archs):
-        net.set_arch(space.sample(rng))
-        super_step(x, y).numpy()
-    elapsed = time.perf_counter() - t
-    retraces = super_step.experimental_get_tracing_count() - before
-    print(
-        f"{name:10s} retraces over {n_archs} random archs (train step): {retraces}  "
-        f"({elapsed / n_archs * 1e3:.1f} ms/step)",
-        flush=True,
-    )
-    return rows, {
-        "space": name,
-        "archs": n_archs,
-        "retraces": retraces,
-        "ms_per_step": elapsed / n_archs * 1e3,
-        "input": [b, r, r, 3],
-    }
+        base["ratio_fwd_bwd"] = base["supernet_fwd_bwd_ms"] / base["static_fwd_bwd_ms"]
+        for key, skip in (("supernet", False), ("skip", True)):
+            row = dict(base, skip_unused_updates=skip, supernet_ms=_ms(times[key]))
+            row["ratio"] = row["supernet_ms"] / row["static_ms"]
+            rows.append(row)
+            print(
+                f"{name:10s} {label:10s} {row['mflops']:8.2f} MFLOPs b={batch} "
+                f"{'skip_unused ' if skip else 'default     '} supernet {row['supernet_ms']:7.1f}"
+                f" ms static {row['static_ms']:7.1f} ms ratio {row['ratio']:.3f} | fwd+bwd "
+                f"{row['supernet_fwd_bwd_ms']:.1f} vs {row['static_fwd_bwd_ms']:.1f} ms ratio "
+                f"{row['ratio_fwd_bwd']:.3f}  load {row['loadavg'][0]}",
+                flush=True,
+            )
+    trace = None
+    if retrace_archs > 0:
+        r = min(space.resolutions)
+        x = tf.constant(rng.normal(size=(batch, r, r, 3)).astype("float32"))
+        y = tf.constant(rng.integers(0, num_classes, size=batch).astype("int32"))
+        counts = {}
+        for key, fn in (("default", super_step), ("skip_unused_updates", skip_step)):
+            net.set_arch(space.sample(rng))
+            fn(x, y).numpy()
+            before = fn.experimental_get_tracing_count()
+            for _ in range(retrace_archs):
+                net.set_arch(space.sample(rng))
+                fn(x, y).numpy()
+            counts[key] = fn.experimental_get_tracing_count() - before
+        trace = {"space": name, "archs": retrace_archs, "retraces": counts}
+        print(f"{name:10s} retraces over {retrace_archs} random archs: {counts}", flush=True)
+    return rows, trace
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--spaces", default="demo,elasticvit")
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--archs", type=int, default=200)
+    p.add_argument("--spaces", default="elasticvit")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--archs", default="", help="default: min,elastic_S1,elastic_L3 (elasticvit)")
+    p.add_argument("--retrace_archs", type=int, default=20)
+    p.add_argument("--device", default="", help="e.g. GPU:0 (default: TensorFlow's placement)")
+    p.add_argument("--graph_optimizations", default="auto", choices=("auto", "on", "off"))
     p.add_argument(
         "--out", default=os.path.join(os.path.dirname(__file__), "results", "supernet_step.json")
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    gpus = tf.config.list_physical_devices("GPU")
+    if args.device.upper().startswith("GPU") and not gpus:
+        print(f"--device={args.device}: no GPU visible to TensorFlow; nothing to time")
+        return 2
+    graph_opt = args.graph_optimizations
+    if graph_opt == "off" or (graph_opt == "auto" and not gpus):  # as elasticvit-train
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     all_rows, traces = [], []
     for name in args.spaces.split(","):
-        rows, tr = bench_space(name, args.reps, args.archs)
+        names = args.archs.split(",") if args.archs else None
+        if names is None:
+            names = ["min", "elastic_S1", "elastic_L3"] if name == "elasticvit" else None
+            names = names or ["min", "middle", "max"]
+        with tf.device(args.device or None):
+            rows, tr = bench_space(name, names, args.batch, args.reps, args.retrace_archs)
         all_rows += rows
         traces.append(tr)
     print(
-        "\n| space | arch | MFLOPs | batch | supernet ms | static ms | ratio "
+        "\n| space | arch | skip_unused | batch | supernet ms | static ms | ratio "
         "| fwd+bwd supernet ms | fwd+bwd static ms | ratio |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in all_rows:
         print(
-            f"| {r['space']} | {r['arch']} | {r['mflops']:.2f} | {r['batch']} | "
-            f"{r['supernet_ms']:.1f} | {r['static_ms']:.1f} | {r['ratio']:.3f} | "
+            f"| {r['space']} | {r['arch']} | {'yes' if r['skip_unused_updates'] else 'no'} | "
+            f"{r['batch']} | {r['supernet_ms']:.1f} | {r['static_ms']:.1f} | {r['ratio']:.3f} | "
             f"{r['supernet_fwd_bwd_ms']:.1f} | {r['static_fwd_bwd_ms']:.1f} | "
             f"{r['ratio_fwd_bwd']:.3f} |"
         )
@@ -202,19 +251,22 @@ def main():
     result = {
         "benchmark": "supernet_step",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python benchmarks/supernet_step.py "
+        + " ".join(f"--{k}={v}" for k, v in vars(args).items() if k != "out"),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "reps": args.reps,
+        "device": args.device or "default",
+        "gpus": [d.name for d in gpus],
         "rows": all_rows,
         "traces": traces,
     }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -143,3 +144,40 @@ def test_adamw_decays_only_the_decay_set(tiny_net):
         np.testing.assert_array_equal(v.numpy(), before[id(v)])
     for v, val in zip(net.trainable_variables, before.values()):
         v.assign(val)
+
+
+def test_fused_adamw_matches_keras_adamw(tiny_net):
+    variables = tiny_net.trainable_variables[:12]
+    start = [np.array(v.numpy()) for v in variables]
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=v.shape).astype("float32") for v in variables] for _ in range(3)]
+    results = []
+    for cls in (keras.optimizers.AdamW, optim.FusedAdamW):
+        for v, s in zip(variables, start):
+            v.assign(s)
+        opt = cls(learning_rate=0.01, weight_decay=0.1)
+        opt.exclude_from_weight_decay(var_list=variables[::2])
+        opt.build(variables)
+        for g in grads:
+            opt.apply_gradients(zip([tf.constant(a) for a in g], variables))
+        results.append([np.array(v.numpy()) for v in variables])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a, s) for a, s in zip(results[1], start))
+    for v, s in zip(variables, start):
+        v.assign(s)
+
+
+def test_fused_adamw_skip_mask_freezes_weights_and_moments(tiny_net):
+    v0, v1 = tiny_net.trainable_variables[:2]
+    start = [np.array(v0.numpy()), np.array(v1.numpy())]
+    opt = optim.FusedAdamW(learning_rate=0.1, weight_decay=0.5)
+    opt.build([v0, v1])
+    opt.skip_mask = {opt._var_key(v0): tf.constant(False), opt._var_key(v1): tf.constant(True)}
+    opt.apply_gradients([(tf.ones_like(v0), v0), (tf.ones_like(v1), v1)])
+    np.testing.assert_array_equal(v0.numpy(), start[0])
+    assert not np.allclose(v1.numpy(), start[1])
+    m0 = opt._momentums[opt._get_variable_index(v0)]
+    np.testing.assert_array_equal(np.asarray(m0.numpy()), 0.0)
+    v0.assign(start[0])
+    v1.assign(start[1])

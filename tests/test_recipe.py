@@ -49,6 +49,10 @@ def _data(n=8, seed=0):
     return rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)
 
 
+# Adam's first step is lr * g / (|g| + eps / sqrt(1 - beta_2)) (bias-corrected, eps = 1e-8).
+EPS_HAT = 1e-8 / np.sqrt(1 - 0.999)
+
+
 def _trainer(net, **kw):
     opt = optim.make_optimizer(net, learning_rate=0.01, weight_decay=0.1)
     args = dict(agc_clip=0.0, ema_decay=0.9, label_smoothing=0.1)
@@ -88,12 +92,12 @@ def test_train_step_matches_hand_computation(distill_last):
     logs = trainer.train_step((tf.constant(x), tf.constant(y)))
     for i in range(4):
         assert float(logs[f"ce_slot{i}"]) == pytest.approx(ces[i], rel=1e-5)
-    # First AdamW step: w <- w - lr*wd*w (kernel only), then w <- w - lr * g / (|g| + eps).
+    # First AdamW step: w <- w - lr*wd*w (kernel only), then w <- w - lr * g / (|g| + eps_hat).
     lr, wd = 0.01, 0.1
     kernel, bias = w0
     gk, gb = grads
-    want_k = kernel * (1 - lr * wd) - lr * gk / (np.abs(gk) + 1e-8)
-    want_b = bias - lr * gb / (np.abs(gb) + 1e-8)
+    want_k = kernel * (1 - lr * wd) - lr * gk / (np.abs(gk) + EPS_HAT)
+    want_b = bias - lr * gb / (np.abs(gb) + EPS_HAT)
     np.testing.assert_allclose(net.dense.kernel.numpy(), want_k, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(net.dense.bias.numpy(), want_b, rtol=1e-4, atol=1e-6)
     # EMA (decay 0.9, no warm-up): 0.9 * old + 0.1 * new.
@@ -113,7 +117,7 @@ def test_agc_is_applied_to_the_summed_gradient():
     )
     trainer.train_step((tf.constant(x), tf.constant(y)))
     gk = clipped[0].numpy()
-    want_k = w0[0] * (1 - 0.01 * 0.1) - 0.01 * gk / (np.abs(gk) + 1e-8)
+    want_k = w0[0] * (1 - 0.01 * 0.1) - 0.01 * gk / (np.abs(gk) + EPS_HAT)
     np.testing.assert_allclose(net.dense.kernel.numpy(), want_k, rtol=1e-4, atol=1e-6)
 
 
@@ -199,3 +203,53 @@ def test_non_min_slots_learn_from_the_teacher_ensemble():
     for s in range(3):
         assert float(logs[f"loss_slot{s}"]) == pytest.approx(want[s], rel=1e-5)
     assert t1.trainable is False and t2.trainable is False
+
+
+@pytest.mark.slow
+def test_skip_unused_updates_freezes_blocks_no_subnet_used():
+    """Step 1 runs the max arch (moments become non-zero), step 2 the min arch: by default the
+    blocks past the min depths still move (AdamW with zero gradient), with skip_unused_updates
+    they and their optimizer state stay exactly as they were; used weights move either way."""
+    from elasticvit_tf.supernet import ElasticSupernet
+
+    net = ElasticSupernet("tiny", 3, num_slots=1)
+    space = net.space
+    start = [np.array(v.numpy()) for v in net.trainable_variables]
+    deep = {id(v) for v in net.stages[0][1].trainable_variables}
+    deep |= {id(v) for v in net.stem_blocks[1].trainable_variables}
+    groups = recipe.usage_groups(net)
+    grouped = {id(v) for g, _ in groups for v in g}
+    assert deep <= grouped
+    assert not {id(v) for v in net.head.trainable_variables} & grouped
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 32, 32, 3)).astype("float32"))
+    y = tf.constant([0, 1])
+    after = {}
+    for skip in (False, True):
+        for v, s in zip(net.trainable_variables, start):
+            v.assign(s)
+        opt = optim.make_optimizer(net, learning_rate=0.01, weight_decay=0.1)
+        trainer = recipe.SupernetTrainer(net, agc_clip=0.1, skip_unused_updates=skip)
+        trainer.compile(optimizer=opt)
+        trainer.set_roles(("uniform",))
+        step = tf.function(trainer.train_step)
+        net.set_arch(space.max_arch())
+        step((x, y))
+        mid = [np.array(v.numpy()) for v in net.trainable_variables]
+        net.set_arch(space.min_arch())
+        step((x, y))
+        for group, used in groups:  # the min arch runs no block past the min depths
+            if {id(v) for v in group} & deep:
+                assert not bool(used([net._dims(0)]))
+        after[skip] = [
+            (id(v), m, np.array(v.numpy())) for v, m in zip(net.trainable_variables, mid)
+        ]
+    moved_by_default = []
+    for (i, m, default), (_, _, skipped) in zip(after[False], after[True]):
+        if i in grouped:
+            np.testing.assert_array_equal(skipped, m)
+        if i in deep:
+            moved_by_default.append(not np.array_equal(default, m))
+    assert any(moved_by_default)
+    head = [a for a in after[True] if a[0] == id(net.head.classifier.kernel)][0]
+    assert not np.array_equal(head[2], head[1])

@@ -79,7 +79,8 @@ def test_time_box_plans_steps_from_the_probe(monkeypatch, tmp_path):
     # 60 s box - 30 s final evaluation (the fake probe took ~0 s) at 2 steps/s planned with
     # the 0.94 rate margin: 40 + int(30 * 2 * 0.94) = 96.
     assert box.rate_margin == 0.94 and box.final_eval_seconds == 30.0
-    assert res["planned_steps"] == calls[1].steps
+    # The main run is configured for the target; TimeBoxReplan holds it to the plan.
+    assert calls[1].steps == 1000 and res["initial_planned_steps"] == res["planned_steps"]
     assert 93 <= res["planned_steps"] <= 96  # minus the test's own (real) elapsed time
     assert res["probe_steps_per_s"] == pytest.approx(2.0)
     assert res["target_steps"] == 1000 and res["time_boxed"] is True
@@ -172,3 +173,33 @@ def test_tiny_digits_one_device_better_than_chance(tmp_path):
     # Running again with the same config resumes and has nothing left to do.
     again = train_lib.train(cfg)
     assert again["resumed_from_step"] == 150 and again["step"] == 150
+
+
+def test_time_box_replan_follows_the_measured_rate(monkeypatch):
+    """A busy probe planned 100 steps; the run then measures 4 steps/s with 100 s left: the
+    plan grows (LR schedule re-set in place) and the run stops exactly at the new plan."""
+    import types
+
+    import tensorflow as tf
+
+    from elasticvit_tf.train import optim
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(train_lib.time, "monotonic", lambda: clock["t"])
+    schedule = optim.WarmupCosine(1.0, 1000, warmup_steps=10)
+    opt = types.SimpleNamespace(iterations=tf.Variable(0, dtype=tf.int64), _learning_rate=schedule)
+    model = types.SimpleNamespace(optimizer=opt, stop_training=False)
+    logs = []
+    cb = train_lib.TimeBoxReplan(100.0, 100, 1000, 1.0, 20, log=logs.append)
+    cb.set_model(model)
+    cb.on_train_begin()
+    assert schedule.total_steps == 100 and float(schedule(100)) == pytest.approx(0.0, abs=1e-6)
+    while not model.stop_training:
+        opt.iterations.assign_add(1)
+        clock["t"] += 0.25
+        cb.on_train_batch_end(0)
+    # Window steps 1..21 (5 s) at 4 steps/s; at t = 5.25 s: 21 + int(94.75 * 4) = 400 steps.
+    assert cb.replans[0]["planned_steps"] == 400 and cb.planned >= 390
+    assert int(opt.iterations.numpy()) == cb.planned == schedule.total_steps
+    assert float(schedule(cb.planned)) == pytest.approx(0.0, abs=1e-6)
+    assert logs and "re-plan" in logs[0]

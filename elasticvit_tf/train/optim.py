@@ -74,11 +74,29 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_lr = float(warmup_lr)
         self.min_lr = float(min_lr)
         self.cooldown_steps = int(cooldown_steps)
+        # The traced step reads the length from here, so a time box can re-plan it mid-run
+        # (``replan``) without a retrace; a plain run never changes it.
+        self._cos_len = tf.Variable(
+            float(max(self.total_steps - self.cooldown_steps, 1)),
+            trainable=False,
+            dtype=tf.float32,
+            name="cosine_length",
+        )
+
+    def replan(self, total_steps: int) -> None:
+        """Sets the schedule's total length (warm-up and cool-down kept)."""
+        if total_steps <= self.warmup_steps + self.cooldown_steps and total_steps > 1:
+            raise ValueError(
+                f"replan: total_steps={total_steps} must exceed warmup_steps + cooldown_steps "
+                f"({self.warmup_steps + self.cooldown_steps})"
+            )
+        self.total_steps = int(total_steps)
+        self._cos_len.assign(float(max(self.total_steps - self.cooldown_steps, 1)))
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         base, lo = self.base_lr, self.min_lr
-        cos_len = float(max(self.total_steps - self.cooldown_steps, 1))
+        cos_len = tf.convert_to_tensor(self._cos_len)
         t = tf.minimum(step, cos_len)
         cosine = lo + 0.5 * (base - lo) * (1.0 + tf.cos(math.pi * t / cos_len))
         if self.warmup_steps > 0:
@@ -123,6 +141,92 @@ def split_weight_decay(net) -> tuple[list, list]:
     return decay, no_decay
 
 
+class FusedAdamW(keras.optimizers.AdamW):
+    """Keras AdamW whose per-variable update is one fused kernel (``ResourceApplyAdam``).
+
+    Keras' own ``update_step`` builds about ten element-wise ops per variable, each a pass over
+    memory with a temporary; the fused kernel reads ``g, m, v, w`` once and writes ``m, v, w``
+    once (same formula: ``alpha = lr sqrt(1 - b2^t) / (1 - b1^t)``, ``m += (g - m)(1 - b1)``,
+    ``v += (g^2 - v)(1 - b2)``, ``w -= alpha m / (sqrt(v) + eps)``; the decoupled weight
+    decay ``w -= lr wd w`` stays Keras'). Measured in benchmarks/README.md#supernet_steppy.
+
+    ``skip_mask``: when set (a dict ``variable key -> scalar bool tensor``, written by the
+    train step while tracing), a variable whose mask is False gets no update at all that step:
+    no decay, no moment update (``--skip_unused_updates``, docs/method.md#training-recipe).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip_mask = None
+
+    def _mask_of(self, variable):
+        if not self.skip_mask:
+            return None
+        return self.skip_mask.get(self._var_key(variable))
+
+    def _masked(self, variable, fn):
+        mask = self._mask_of(variable)
+        if mask is None:
+            return fn()
+        return tf.cond(mask, lambda: _grouped(fn()), tf.no_op)
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None:
+            return
+
+        def apply(distribution, variables):
+            def decay_fn(variable):
+                if self._use_weight_decay(variable):
+                    lr = tf.cast(self.learning_rate, variable.dtype)
+                    wd = tf.cast(self.weight_decay, variable.dtype)
+                    return self._masked(variable, lambda: variable.assign_sub(variable * wd * lr))
+                return None
+
+            for variable in variables:
+                variable = _tf_variable(variable)
+                distribution.extended.update(variable, decay_fn, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            apply, self._distribution_strategy, variables
+        )
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or keras.backend.backend() != "tensorflow":
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        m, v, var = (
+            _tf_variable(x) for x in (self._momentums[index], self._velocities[index], variable)
+        )
+        step = tf.cast(self.iterations + 1, dtype)
+        b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+
+        def apply():
+            return tf.raw_ops.ResourceApplyAdam(
+                var=var.handle,
+                m=m.handle,
+                v=v.handle,
+                beta1_power=tf.pow(b1, step),
+                beta2_power=tf.pow(b2, step),
+                lr=tf.cast(learning_rate, dtype),
+                beta1=b1,
+                beta2=b2,
+                epsilon=tf.cast(self.epsilon, dtype),
+                grad=tf.cast(gradient, dtype),
+                use_locking=False,
+            )
+
+        return self._masked(variable, apply)
+
+
+def _tf_variable(v):
+    return v.value if isinstance(v, keras.Variable) else v
+
+
+def _grouped(op):
+    return tf.group(op) if op is not None else tf.no_op()
+
+
 def make_optimizer(
     net,
     learning_rate,
@@ -131,8 +235,9 @@ def make_optimizer(
     beta_2: float = 0.999,
     epsilon: float = 1e-8,
 ) -> keras.optimizers.AdamW:
-    """AdamW that decays only ``net.weight_decay_variables()``; built on the net's variables."""
-    opt = keras.optimizers.AdamW(
+    """AdamW (``FusedAdamW``) that decays only ``net.weight_decay_variables()``; built on the
+    net's variables."""
+    opt = FusedAdamW(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         beta_1=beta_1,

@@ -55,6 +55,11 @@ class SupernetTrainer(keras.Model):
         ema_decay: EMA decay (0 disables the EMA).
         ema_warmup: use ``min(decay, (1 + n) / (10 + n))`` at update ``n``.
         grad_cosine: compute the gradient-conflict diagnostics.
+        skip_unused_updates: variables that no subnet of the step used (blocks past every
+            slot's depth, width-changing shortcuts no slot needs) get no optimizer update at
+            all, as the official code under torch >= 2 (``set_to_none``); default: every
+            super-weight gets its AdamW update, with zero gradient where unused
+            (docs/method.md#training-recipe). Needs a ``FusedAdamW`` optimizer.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class SupernetTrainer(keras.Model):
         ema_decay: float = optim.OFFICIAL_EMA_DECAY,
         ema_warmup: bool = False,
         grad_cosine: bool = False,
+        skip_unused_updates: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,6 +86,8 @@ class SupernetTrainer(keras.Model):
         self.ema_decay = float(ema_decay)
         self.ema_warmup = bool(ema_warmup)
         self.grad_cosine = bool(grad_cosine)
+        self.skip_unused_updates = bool(skip_unused_updates)
+        self._usage = usage_groups(net) if self.skip_unused_updates else []
         self.num_slots = int(net.num_slots)
         self.distillation = "min_from_mean"
         self.trace_count = 0  # Python side effect: counts traces of train_step
@@ -262,7 +270,22 @@ class SupernetTrainer(keras.Model):
             total = optim.adaptive_clip_gradients(total, variables, self.agc_clip, self.agc_eps)
         # NOTE: Keras sums gradients over replicas again inside apply_gradients; dividing the
         # (identical) averaged gradient by the replica count first makes that sum the average.
-        self.optimizer.apply_gradients(zip([g / n_rep for g in total], variables))
+        opt = self.optimizer
+        if self.skip_unused_updates:
+            if not isinstance(opt, optim.FusedAdamW):
+                raise ValueError(
+                    f"skip_unused_updates needs an optim.FusedAdamW, got {type(opt).__name__}"
+                )
+            dims = [self.net._dims(s) for s in range(self.num_slots)]
+            opt.skip_mask = {}
+            for group, used in self._usage:
+                mask = used(dims)
+                opt.skip_mask.update({opt._var_key(v): mask for v in group})
+        try:
+            opt.apply_gradients(zip([g / n_rep for g in total], variables))
+        finally:
+            if self.skip_unused_updates:
+                opt.skip_mask = None
         if self.ema is not None:
             decay = optim.ema_decay_at(
                 self.ema_decay, self.optimizer.iterations, warmup=self.ema_warmup
@@ -293,6 +316,54 @@ def _for_multi_worker(logs: dict, strategy) -> dict:
     ):
         return logs
     return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+
+
+def usage_groups(net) -> list:
+    """``[(variables, used)]`` for the parts of ``net`` that a subnet may leave unused:
+    ``used(dims)`` takes ``[net._dims(slot) for every slot]`` and returns a scalar bool tensor,
+    True when some slot runs the part. Blocks past a stage's (or the stem's) minimum depth are
+    used when some slot is deeper; a width-changing shortcut conv (block 0 of a conv stage, the
+    transition MBConv of a transformer stage) when some slot runs that block with an input width
+    different from its output width. Everything else is always used (not listed)."""
+
+    def any_slot(pred):
+        return lambda dims: tf.reduce_any(tf.stack([pred(d) for d in dims]))
+
+    groups = []
+    dmin = min(net.space.stem.depths)
+    for j, blk in enumerate(net.stem_blocks):
+        if j >= dmin:
+            groups.append((blk.trainable_variables, any_slot(lambda d, j=j: d["stem"][1] > j)))
+
+    def width_in(d, i):
+        return d["stem"][0] if i == 0 else d["stages"][i - 1][0]
+
+    for i, (st, blocks) in enumerate(zip(net.space.stages, net.stages)):
+        dmin = min(st.depths)
+        for j, blk in enumerate(blocks):
+            mb = blk.mbconv if st.is_transformer else blk
+            shortcut = mb.shortcut if mb is not None else None
+            sc_vars = shortcut.trainable_variables if shortcut is not None else []
+            sc_ids = {id(v) for v in sc_vars}
+            rest = [v for v in blk.trainable_variables if id(v) not in sc_ids]
+
+            def active(d, i=i, j=j):
+                return d["stages"][i][1] > j
+
+            if j >= dmin:
+                groups.append((rest, any_slot(active)))
+            if sc_vars:
+                groups.append(
+                    (
+                        sc_vars,
+                        any_slot(
+                            lambda d, i=i, a=active: tf.logical_and(
+                                a(d), tf.not_equal(width_in(d, i), d["stages"][i][0])
+                            )
+                        ),
+                    )
+                )
+    return groups
 
 
 def load_teachers(spec: str, num_classes: int) -> list:

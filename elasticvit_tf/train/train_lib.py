@@ -73,6 +73,9 @@ class TrainConfig:
     agc_clip: float = 0.1
     ema_decay: float = 0.99985
     ema_warmup: bool = False
+    # True: variables no subnet of the step used get no AdamW update (official code under
+    # torch >= 2); default: every super-weight is updated every step (docs/method.md#training-recipe)
+    skip_unused_updates: bool = False
     # losses
     teacher: str = ""
     teacher_temperature: float = 0.2
@@ -154,7 +157,8 @@ class TimeBox:
     A probe of ``probe_steps`` steps runs first, inside the LR warm-up (whose values do not
     depend on the total, so the probe is the first part of the final schedule); it measures
     the steady step rate and the fixed costs (graph tracing, checkpoint, evaluation), then the
-    run resumes from the probe's checkpoint with the steps that fit. The probe is skipped (and
+    run resumes from the probe's checkpoint with the steps that fit, and re-plans them every
+    ``replan_every`` steps from the rate it measures (``TimeBoxReplan``). The probe is skipped (and
     the config's steps run as they are) when the warm-up or the run is too short for one.
 
     Attributes:
@@ -164,12 +168,15 @@ class TimeBox:
             reaches larger subnets later and checkpoints recur (measured: 2.4 % over a
             9-minute box without this margin).
         final_eval_seconds: time kept for the final evaluation of the min and max subnets.
+        replan_every: steps between re-plans during the run (``TimeBoxReplan``): the steps
+            that fit are recomputed from the rate just measured.
     """
 
     seconds: float
     probe_steps: int = 40
     rate_margin: float = 0.94
     final_eval_seconds: float = 30.0
+    replan_every: int = 50
 
     def __post_init__(self):
         if not self.seconds > 0:
@@ -407,11 +414,20 @@ def _train_time_boxed(config, box: TimeBox, extra_callbacks, log) -> dict:
             f"[train] probe: {rate or 0:.3f} steps/s steady, {overhead or 0:.0f}s fixed costs; "
             f"planned {steps}/{target} steps to fit {box.seconds / 60:.1f} min"
         )
-    result = _train(dataclasses.replace(config, steps=steps), extra_callbacks)
+    replan = None
+    if rate:
+        deadline = t0 + box.seconds - box.final_eval_seconds
+        replan = TimeBoxReplan(deadline, steps, target, box.rate_margin, box.replan_every, log)
+    callbacks = list(extra_callbacks) + ([replan] if replan else [])
+    # With a re-plan the run is configured for the target (the upper bound); the callback sets
+    # the schedule to the plan before the first step and stops the run at the plan.
+    result = _train(dataclasses.replace(config, steps=target if replan else steps), callbacks)
     result.update(
         {
             "target_steps": target,
-            "planned_steps": steps,
+            "planned_steps": replan.planned if replan else steps,
+            "initial_planned_steps": steps,
+            "replans": replan.replans if replan else [],
             "time_box_s": box.seconds if probe > 0 else None,
             "probe_steps": probe,
             "probe_steps_per_s": rate,
@@ -421,6 +437,69 @@ def _train_time_boxed(config, box: TimeBox, extra_callbacks, log) -> dict:
         }
     )
     return result
+
+
+def _replan_callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class TimeBoxReplan(_replan_callback_base()):
+    """Re-plans a time-boxed run from the step rate measured while it trains.
+
+    Every ``every`` steps (the first window, which holds the tracing, is skipped) the steps
+    that still fit before ``deadline`` (``time.monotonic()``) at ``margin`` times the rate of
+    the last window become the new total, capped by ``target``: the LR schedule's length is
+    re-set in place (``WarmupCosine.replan``, no retrace) and the run stops at the new total.
+    So a probe taken while the machine was busy does not cut the training short. Only the time
+    box uses it; a plain ``train`` never looks at the clock.
+    """
+
+    def __init__(
+        self, deadline: float, planned: int, target: int, margin: float, every: int, log=print
+    ):
+        super().__init__()
+        self.deadline, self.target, self.margin = deadline, int(target), float(margin)
+        self.every, self.log = max(1, int(every)), log
+        self.planned = int(planned)
+        self.replans = []
+        self._mark = None
+
+    def _step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        self._mark = None
+        schedule = self.model.optimizer._learning_rate
+        if schedule.total_steps != self.planned:
+            schedule.replan(self.planned)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, now = self._step(), time.monotonic()
+        if self._mark is None:  # first step of this fit (tracing): start measuring after it
+            self._mark = (step, now)
+        elif step - self._mark[0] >= self.every:
+            rate = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
+            self._mark = (step, now)
+            self._replan(step, rate, now)
+        if step >= self.planned:
+            self.model.stop_training = True
+
+    def _replan(self, step, rate, now):
+        schedule = self.model.optimizer._learning_rate
+        fit = step + int(max(0.0, self.deadline - now) * rate * self.margin)
+        floor = max(step, schedule.warmup_steps + schedule.cooldown_steps + 1)
+        new = max(floor, min(self.target, fit))
+        if abs(new - self.planned) <= max(2, 0.01 * self.planned):
+            return
+        self.log(
+            f"[train] re-plan at step {step}: {rate:.3f} steps/s -> {new} steps "
+            f"(was {self.planned})"
+        )
+        schedule.replan(new)
+        self.replans.append({"step": step, "steps_per_s": rate, "planned_steps": new})
+        self.planned = new
 
 
 def _probe_config(config: TrainConfig, probe: int) -> TrainConfig:
@@ -449,6 +528,28 @@ def steady_step_rate(model_dir: str, batch_size: int) -> Optional[float]:
     tput = md.read_training_curves(model_dir).get("throughput_images_per_s", [])
     vals = [v for _, v in tput[1:] if v > 0]
     return float(np.median(vals)) / batch_size if vals else None
+
+
+def make_trainer(config: TrainConfig, net, learning_rate, teachers: Sequence = ()):
+    """``(optimizer, SupernetTrainer)`` of ``config`` on ``net`` (compiled; call inside the
+    strategy's scope): the train step ``train`` runs, also timed by
+    benchmarks/supernet_step.py."""
+    from elasticvit_tf.train import optim, recipe
+
+    opt = optim.make_optimizer(net, learning_rate, weight_decay=config.weight_decay)
+    trainer = recipe.SupernetTrainer(
+        net,
+        teachers=teachers,
+        teacher_temperature=config.teacher_temperature,
+        label_smoothing=config.label_smoothing,
+        agc_clip=config.agc_clip,
+        ema_decay=config.ema_decay,
+        ema_warmup=config.ema_warmup,
+        grad_cosine=config.grad_cosine,
+        skip_unused_updates=config.skip_unused_updates,
+    )
+    trainer.compile(optimizer=opt, jit_compile=False)
+    return opt, trainer
 
 
 def _train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
@@ -541,18 +642,7 @@ def _train_holding(config: TrainConfig, extra_callbacks, held: contextlib.ExitSt
     )
     with strategy.scope():
         net = ElasticSupernet(space, info.num_classes, num_slots=config.num_subnets)
-        opt = optim.make_optimizer(net, schedule, weight_decay=config.weight_decay)
-        trainer = recipe.SupernetTrainer(
-            net,
-            teachers=teachers,
-            teacher_temperature=config.teacher_temperature,
-            label_smoothing=config.label_smoothing,
-            agc_clip=config.agc_clip,
-            ema_decay=config.ema_decay,
-            ema_warmup=config.ema_warmup,
-            grad_cosine=config.grad_cosine,
-        )
-        trainer.compile(optimizer=opt, jit_compile=False)
+        opt, trainer = make_trainer(config, net, schedule, teachers)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     sampler_var = tf.Variable("", dtype=tf.string, trainable=False, name="sampler_state")
     data_var = tf.Variable("", dtype=tf.string, trainable=False, name="data_state")
@@ -715,6 +805,8 @@ def _train_holding(config: TrainConfig, extra_callbacks, held: contextlib.ExitSt
             f"checkpoint of step {state.step} written to {ckpt_dir}; run the same command "
             "again to resume"
         )
+        if trainer.stop_training:  # a callback ended the run (the time box's re-plan)
+            break
     seconds = time.perf_counter() - t0
     ckpt_cb.save()
     final = eval_cb.last if eval_cb.last and eval_cb.last["step"] == state.step else None

@@ -63,6 +63,9 @@ def define_flags() -> None:
     flags.DEFINE_float("agc_clip", d.agc_clip, "Adaptive gradient clipping factor (0: off).")
     flags.DEFINE_float("ema_decay", d.ema_decay, "EMA decay (0: off; official 0.99985).")
     flags.DEFINE_bool("ema_warmup", d.ema_warmup, "EMA decay min(decay, (1+n)/(10+n)).")
+    flags.DEFINE_bool(
+        "skip_unused_updates", d.skip_unused_updates, "No AdamW update for unused variables."
+    )
     flags.DEFINE_string(
         "teacher", d.teacher, "Comma list of .keras teachers or keras.applications names."
     )
