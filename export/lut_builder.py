@@ -375,12 +375,8 @@ def _net(ms: float, overhead: float) -> float:
 def refit_lut(lut: dict, space: SearchSpace) -> dict:
     """Redoes a LUT's fits and constant from its own measurements (entries + calibration
     subnets), e.g. after a fitting change; measures nothing and reads no other data."""
-    if lut.get("space_fingerprint") != space.fingerprint():
-        raise ValueError(
-            f"refit: LUT fingerprint {lut.get('space_fingerprint')!r} != space "
-            f"{space.name!r} fingerprint {space.fingerprint()!r}"
-        )
-    measured = lut_lib.read_entries(lut)
+    lut, where = lut_lib.load(lut, space)
+    measured = lut_lib.read_entries(lut, where)
     cal = dict(lut["calibration"])
     if "archs" in cal:
         archs = [ArchConfig.from_dict(a) for a in cal["archs"]]
