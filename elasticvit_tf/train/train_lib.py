@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -586,6 +587,7 @@ def _train_holding(config: TrainConfig, extra_callbacks, held: contextlib.ExitSt
     # evaluation at each periodic evaluation) comes from this cache.
     data_cache = data_lib.DataCache(max_sources=1)
     info = data_lib.get_info(data_cfg, cache=data_cache)
+    make_dataset = functools.partial(data_lib.make_dataset, data_cfg, cache=data_cache)
     for n in list(notices) + list(info.notices):
         print(f"data: {n}", flush=True)
     spe, total_steps = _schedule(config, info.split_sizes["train"])
@@ -679,17 +681,12 @@ def _train_holding(config: TrainConfig, extra_callbacks, held: contextlib.ExitSt
     # ---------------------------------------------------------------- data
     per_pipeline = n_rep // num_workers
 
-    def train_dataset(skip_steps):
+    def train_pipelines(seed, skip_steps):
+        """The training split sharded over the input pipelines, from step ``skip_steps``."""
+
         def fn(ctx):
-            ds = data_lib.make_dataset(
-                data_cfg,
-                "train",
-                config.batch_size,
-                training=True,
-                repeat=True,
-                seed=config.seed,
-                input_context=ctx,
-                cache=data_cache,
+            ds = make_dataset(
+                "train", config.batch_size, training=True, repeat=True, seed=seed, input_context=ctx
             )
             # NOTE: distribute_datasets_from_function hands each pipeline's consecutive
             # per-replica batches to its local replicas: one step = per_pipeline batches.
@@ -697,23 +694,18 @@ def _train_holding(config: TrainConfig, extra_callbacks, held: contextlib.ExitSt
 
         return strategy.distribute_datasets_from_function(fn)
 
+    def train_dataset(skip_steps):
+        return train_pipelines(config.seed, skip_steps)
+
     eval_bs = min(256, max(32, config.batch_size))
 
     def calib_dataset():
-        return data_lib.make_dataset(
-            data_cfg,
-            "train",
-            config.batch_size,
-            training=True,
-            repeat=True,
-            seed=config.seed + 1,
-            cache=data_cache,
+        return make_dataset(
+            "train", config.batch_size, training=True, repeat=True, seed=config.seed + 1
         )
 
     def eval_dataset():
-        ds = data_lib.make_dataset(
-            data_cfg, config.eval_split, eval_bs, training=False, cache=data_cache
-        )
+        ds = make_dataset(config.eval_split, eval_bs, training=False)
         return ds.take(config.eval_batches) if config.eval_batches > 0 else ds
 
     # ---------------------------------------------------------------- callbacks
@@ -723,19 +715,7 @@ def _train_holding(config: TrainConfig, extra_callbacks, held: contextlib.ExitSt
     def rescore_batches(skip):
         # The bank refresh's own pipeline, sharded as the training data; BankScorer averages
         # the scores over all replicas, so every worker's sampler gets the same ones.
-        def fn(ctx):
-            ds = data_lib.make_dataset(
-                data_cfg,
-                "train",
-                config.batch_size,
-                training=True,
-                repeat=True,
-                seed=config.seed + 2,
-                input_context=ctx,
-            )
-            return ds.skip(skip * per_pipeline)
-
-        return strategy.distribute_datasets_from_function(fn)
+        return train_pipelines(config.seed + 2, skip)
 
     sampler_cb = cb.SamplerCallback(
         sampler,
