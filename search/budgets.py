@@ -52,6 +52,18 @@ class LatencyBudgets:
         return cls(tuple(budgets or ()))
 
     @classmethod
+    def spread(
+        cls, lo_ms: float, hi_ms: float, fractions: Sequence[float] = (0.25, 0.5, 0.75)
+    ) -> "LatencyBudgets":
+        """Budgets at ``fractions`` of the way from ``lo_ms`` to ``hi_ms`` (the smallest and the
+        largest subnet's predicted latency), rounded to 0.001 ms."""
+        if not 0 < lo_ms < hi_ms:
+            raise ValueError(
+                f"latency range ({lo_ms:g}, {hi_ms:g}) ms: expected 0 < min subnet < max subnet"
+            )
+        return cls(tuple(round(lo_ms + f * (hi_ms - lo_ms), 3) for f in fractions))
+
+    @classmethod
     def parse(cls, values: Union[str, Sequence[str]], flag: str) -> "LatencyBudgets":
         """From a flag's text: ``"2,3.5"`` or a list of strings, each optionally ending in ``ms``.
 

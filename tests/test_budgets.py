@@ -44,3 +44,10 @@ def test_parse_flag_values_with_units():
         LatencyBudgets.parse(["1", "abc"], "--b")
     with pytest.raises(ValueError, match=r"^--b=1,-1: expected positive milliseconds"):
         LatencyBudgets.parse("1,-1", "--b")
+
+
+def test_spread_between_the_smallest_and_largest_subnet():
+    assert LatencyBudgets.spread(1.0, 3.0).ms == (1.5, 2.0, 2.5)
+    assert LatencyBudgets.spread(1.0, 2.0, fractions=(0.5,)).ms == (1.5,)
+    with pytest.raises(ValueError, match=r"latency range \(2, 1\) ms"):
+        LatencyBudgets.spread(2.0, 1.0)

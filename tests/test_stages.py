@@ -2,8 +2,6 @@
 
 import os
 
-import pytest
-
 from elasticvit_tf.pipeline import stages
 from elasticvit_tf.pipeline.demo_config import FULL_PLAN
 
@@ -38,12 +36,6 @@ def test_stage_reuse_and_rerun(tmp_path):
     # resume=False always reruns.
     r5, _, reused5 = stages.run_stage(layout, "lut", "fp2", False, fn, log=lambda s: None)
     assert (r5["value"], reused5) == (4, False)
-
-
-def test_choose_budgets_points_and_errors():
-    assert stages.choose_budgets(1.0, 3.0) == [1.5, 2.0, 2.5]
-    with pytest.raises(ValueError, match=r"latency range \(2, 1\) ms"):
-        stages.choose_budgets(2.0, 1.0)
 
 
 def test_run_train_adapts_the_plan(monkeypatch, tmp_path):

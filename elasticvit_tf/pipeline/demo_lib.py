@@ -7,8 +7,9 @@
    (``train_lib.TimeBox``: a short probe inside the LR warm-up measures the step rate, then the
    run resumes from the probe's checkpoint with as many steps as fit).
 2. **lut** (``export.lut_builder.build_lut``): fp32 + int8 latency LUTs of this CPU, 1 thread.
-3. **search** (``search.search_lib.run_search``): Keras Tuner evolution under three budgets at
-   the 25/50/75 % points between the min and max subnet's predicted fp32 latency.
+3. **search** (``search.search_lib.run_budget_searches``): Keras Tuner evolution under three
+   budgets at the 25/50/75 % points between the min and max subnet's predicted fp32 latency
+   (``LatencyBudgets.spread``), plus a small search for each budget that no trial fits.
 4. **export** (``export.export_lib.run_export``): the best subnet of each budget as float32 + int8
    TFLite, verified on the test split and benchmarked with LiteRT.
 
@@ -31,7 +32,6 @@ from elasticvit_tf.pipeline.stages import (
     Heartbeat,
     Layout,
     banner,
-    choose_budgets,
     fingerprint,
     lut_settings,
     resolve_dataset,
@@ -119,7 +119,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     if config.budgets_ms:
         budgets, budget_source = config.budgets_ms, "--budgets_ms"
     else:
-        budgets = LatencyBudgets(tuple(choose_budgets(fp32["min_arch_ms"], fp32["max_arch_ms"])))
+        budgets = LatencyBudgets.spread(fp32["min_arch_ms"], fp32["max_arch_ms"])
         budget_source = "25/50/75% between the min and max subnet's predicted fp32 latency"
     log(
         f"[lut] predicted fp32: min subnet {fp32['min_arch_ms']:.3f} ms, max subnet "

@@ -19,7 +19,6 @@ from typing import Any, Callable, Optional
 
 from elasticvit_tf.pipeline.demo_config import DemoConfig
 
-BUDGET_FRACTIONS = (0.25, 0.5, 0.75)
 LATENCY_MODE = "fp32"
 # Quantized exports are verified with a loose drop limit so the demo always reports the figure;
 # the report checks the 1-point goal itself.
@@ -234,15 +233,6 @@ def run_lut(space, plan: dict, config: DemoConfig, layout, log=print) -> dict:
             "max_arch_ms": pred.predict(space.max_arch()),
         }
     return result
-
-
-def choose_budgets(lo_ms: float, hi_ms: float, fractions=BUDGET_FRACTIONS) -> list[float]:
-    """Budgets at ``fractions`` of the way from ``lo_ms`` to ``hi_ms``, rounded to 0.001 ms."""
-    if not 0 < lo_ms < hi_ms:
-        raise ValueError(
-            f"latency range ({lo_ms:g}, {hi_ms:g}) ms: expected 0 < min subnet < max subnet"
-        )
-    return [round(lo_ms + f * (hi_ms - lo_ms), 3) for f in fractions]
 
 
 # ------------------------------------------------------------------------------- search
