@@ -779,14 +779,14 @@ def _train_holding(config: TrainConfig, extra_callbacks, held: contextlib.ExitSt
                 verbose=config.verbose if is_chief else 0,
                 shuffle=False,  # tf.data pipelines are shuffled by data.make_dataset
             )
+            if trainer.stop_training:  # a callback ended the run (the time box's re-plan)
+                break
     if cli.stop_requested():
         ckpt_cb.save()
         raise cli.Terminated(
             f"checkpoint of step {state.step} written to {ckpt_dir}; run the same command "
             "again to resume"
         )
-        if trainer.stop_training:  # a callback ended the run (the time box's re-plan)
-            break
     seconds = time.perf_counter() - t0
     ckpt_cb.save()
     final = eval_cb.last if eval_cb.last and eval_cb.last["step"] == state.step else None
