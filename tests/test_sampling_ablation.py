@@ -130,3 +130,21 @@ def test_main_bad_input_exits_2(tmp_path, capsys):
     path.write_text(json.dumps(_doc()))
     assert ab.main(["--report_only", "--out", str(path)]) == 0
     assert "Paired difference vs uniform" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_mode_trains_evaluates_and_resumes(tmp_path, capsys):
+    out, work = str(tmp_path / "quick.json"), str(tmp_path / "work")
+    args = ["--quick", "--steps", "8", "--samplers", "uniform,elasticvit"]
+    assert ab.main(args + ["--out", out, "--work_dir", work]) == 0
+    doc = json.loads(open(out).read())
+    assert sorted(doc["runs"]) == ["elasticvit/seed0", "uniform/seed0"]
+    n_archs = len(ab.eval_archs(doc["eval_set"]))
+    for run in doc["runs"].values():
+        assert len(run["top1"]) == n_archs and run["steps"] == 8
+        assert sum(run["train_resolution_hist"].values()) == 8 * 4
+    assert set(doc["paired"]) == {"elasticvit"}
+    capsys.readouterr()
+    # a rerun keeps the finished runs (nothing is trained again)
+    assert ab.main(args + ["--out", out, "--work_dir", work]) == 0
+    assert "done earlier, kept" in capsys.readouterr().out

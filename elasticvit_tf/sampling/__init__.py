@@ -2,5 +2,5 @@
 
 ``samplers`` (the common API and the baselines), ``level_samplers`` (complexity-aware,
 performance-aware, ElasticViT), ``level_tables`` (FLOPs-level tables) and ``registry``
-(``make_sampler`` by name, ``read_sampler_state``).
+(``make_sampler`` by name). ``model_dir.read_sampler_state`` reads a saved state back.
 """
