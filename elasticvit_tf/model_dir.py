@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -147,14 +148,38 @@ def restore_latest_intact(
             continue
         if damaged:
             log(f"falling back to the previous intact checkpoint {path}")
-            intact = [p for p in reversed(paths) if p not in damaged]
-            tf.compat.v1.train.update_checkpoint_state(
-                checkpoint_dir(model_dir), path, all_model_checkpoint_paths=intact
-            )
+            _drop_from_state(model_dir, path, [p for p in reversed(paths) if p not in damaged])
         return path
     raise ValueError(
         f"no intact checkpoint in {checkpoint_dir(model_dir)} (damaged: {', '.join(damaged)}); "
         "resume needs one: restore the files or pick a new --model_dir"
+    )
+
+
+def _drop_from_state(model_dir: str, latest: str, intact: list[str]) -> None:
+    """Rewrites the ``checkpoint`` state file to list only ``intact`` (oldest first), keeping
+    their save times so that ``CheckpointManager`` still rotates them (``max_to_keep``)."""
+    directory = checkpoint_dir(model_dir)
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except (tf.errors.OpError, ValueError, UnicodeDecodeError):
+        state = None
+    stamps, preserved = {}, None
+    if state is not None:
+        stamps = dict(
+            zip(
+                (os.path.basename(p) for p in state.all_model_checkpoint_paths),
+                state.all_model_checkpoint_timestamps,
+            )
+        )
+        preserved = state.last_preserved_timestamp
+    now = time.time()
+    tf.compat.v1.train.update_checkpoint_state(
+        directory,
+        latest,
+        all_model_checkpoint_paths=intact,
+        all_model_checkpoint_timestamps=[stamps.get(os.path.basename(p), now) for p in intact],
+        last_preserved_timestamp=preserved,
     )
 
 

@@ -62,6 +62,6 @@ def test_cli_reports_clear_error(tmp_path):
         env=ENV,
         timeout=300,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # bad input (docs/design.md#error-conventions)
     assert "elasticvit-export: error: Unknown quantization mode 'int4'" in proc.stderr
     assert not (tmp_path / "out").exists()

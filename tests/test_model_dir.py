@@ -272,6 +272,9 @@ def test_restore_falls_back_to_the_previous_intact_checkpoint(tmp_path, damage):
     assert path.endswith("ckpt-1") and float(v.numpy()) == 1.0
     assert "ckpt-2" in logs[0] and "falling back" in logs[1] and "ckpt-1" in logs[1]
     assert md.latest_checkpoint(str(tmp_path)).endswith("ckpt-1")  # the state file follows
+    manager = md.checkpoint_manager(md.checkpoint_dir(str(tmp_path)), ckpt, max_to_keep=1)
+    manager.save(checkpoint_number=3)  # the intact one still rotates out
+    assert [os.path.basename(p) for p in md.checkpoint_paths(str(tmp_path))] == ["ckpt-3"]
 
 
 def test_restore_refuses_when_no_checkpoint_is_intact(tmp_path):
