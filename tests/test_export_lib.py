@@ -211,6 +211,14 @@ def test_benchmark_only(tmp_path, keras_file):
     assert saved["tflite"] == str(path) and saved["median_ms"] == pytest.approx(res.median_ms)
     with pytest.raises(ValueError, match="--benchmark_only needs --tflite"):
         export_lib.run_benchmark_only(str(tmp_path / "missing.tflite"))
+    prof = export_lib.run_benchmark_only(
+        str(path), runs=2, warmup=0, enable_op_profiling=True, output_dir=str(tmp_path / "p")
+    )
+    summary = export_lib.benchmark_summary(str(path), prof)
+    assert "isolated_ops" in summary and "XNNPACK partitions: 1" in summary
+    saved = json.loads((tmp_path / "p" / "benchmark_report.json").read_text())
+    assert saved["extra"]["op_profile"]["partitions"] == 1
+    assert sum(r["count"] for r in saved["op_profile"]) == sum(tflite_lib.list_ops(data).values())
 
 
 @pytest.mark.slow
