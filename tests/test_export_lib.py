@@ -78,6 +78,21 @@ def test_unknown_mode(tmp_path, keras_file):
     _assert_nothing_written(out)
 
 
+def test_bad_int8_float_ops(tmp_path, keras_file):
+    out = str(tmp_path / "out")
+    cfg = export_lib.ExportConfig(
+        output_dir=out, keras_model=keras_file, quantize=("int8",), int8_float_ops=("LAYERNORM",)
+    )
+    with pytest.raises(ValueError, match=r"Unknown TFLite op type\(s\) \['LAYERNORM'\]"):
+        export_lib.run_export(cfg, log=lambda *_: None)
+    cfg = export_lib.ExportConfig(
+        output_dir=out, keras_model=keras_file, quantize=("float32",), int8_float_ops=("SOFTMAX",)
+    )
+    with pytest.raises(ValueError, match="--int8_float_ops=SOFTMAX applies to --quantize=int8"):
+        export_lib.run_export(cfg, log=lambda *_: None)
+    _assert_nothing_written(out)
+
+
 def test_bad_source_and_target_settings(tmp_path, keras_file):
     out = str(tmp_path / "out")
     with pytest.raises(ValueError, match="either --model_dir .* or --keras_model"):
