@@ -48,6 +48,7 @@ class ExportConfig:
     use_ema: bool = True
     quantize: tuple[str, ...] = ("float32",)
     int8_io: str = "float"
+    int8_float_ops: tuple[str, ...] | None = None
     batch_size: int = 1
     representative_steps: int = 100
     calibration_batches: int = 32
@@ -69,6 +70,13 @@ class ExportConfig:
         modes = tflite_lib.parse_modes(self.quantize)
         if self.int8_io not in ("float", "int8"):
             raise ValueError(f"--int8_io must be 'float' or 'int8'; received {self.int8_io!r}.")
+        if self.int8_float_ops is not None:
+            tflite_lib.check_float_ops(self.int8_float_ops)
+            if tflite_lib.QuantMode.INT8 not in modes:
+                raise ValueError(
+                    f"--int8_float_ops={','.join(self.int8_float_ops)} applies to "
+                    f"--quantize=int8; received --quantize={','.join(m.value for m in modes)}."
+                )
         if isinstance(self.batch_size, bool) or int(self.batch_size) < 0:
             raise ValueError(
                 f"--batch_size must be >= 1 (fixed) or 0 (dynamic); received {self.batch_size}."
@@ -297,6 +305,7 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
                     int8_io=cfg.int8_io,
                     representative_steps=cfg.representative_steps,
                     batch_size=cfg.batch_size or None,
+                    float_ops=(cfg.int8_float_ops if mode is tflite_lib.QuantMode.INT8 else None),
                 )
             convert_s = time.time() - t0
             ops = tflite_lib.check_builtin_only(data)

@@ -43,6 +43,12 @@ def define_flags() -> None:
         "Comma list of float32,float16,dynamic,int8 (mixed recipe),int8_full,qat.",
     )
     f.DEFINE_enum("int8_io", "float", ["float", "int8"], "Input/output type of full-int8 models.")
+    f.DEFINE_list(
+        "int8_float_ops",
+        None,
+        "Op types the int8 recipe keeps float (default: HARD_SWISH,BATCH_MATMUL,SOFTMAX,"
+        "SQUARED_DIFFERENCE,RSQRT,SUB,MEAN).",
+    )
     f.DEFINE_integer("batch_size", 1, "Fixed batch of the TFLite files (0: dynamic batch).")
     f.DEFINE_integer("representative_steps", 100, "Representative images for int8 calibration.")
     f.DEFINE_integer("calibration_batches", 32, "Training batches for BN recalibration (0: off).")
@@ -76,6 +82,7 @@ def config_from_flags(FLAGS) -> ExportConfig:
         use_ema=FLAGS.use_ema,
         quantize=tuple(FLAGS.quantize),
         int8_io=FLAGS.int8_io,
+        int8_float_ops=None if FLAGS.int8_float_ops is None else tuple(FLAGS.int8_float_ops),
         batch_size=FLAGS.batch_size,
         representative_steps=FLAGS.representative_steps,
         calibration_batches=FLAGS.calibration_batches,

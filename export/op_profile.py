@@ -188,15 +188,6 @@ def delegation(content: bytes, num_threads: int = 1) -> tuple[list[bool], int]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _op_names(schema, model) -> list[str]:
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    out = []
-    for oc in model.operatorCodes:
-        code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
-        out.append(names.get(code, f"BUILTIN_{code}"))
-    return out
-
-
 def single_op_models(content: bytes) -> list[tuple[str, str, bytes]]:
     """Every operator of the first subgraph as a standalone one-op flatbuffer.
 
@@ -209,13 +200,15 @@ def single_op_models(content: bytes) -> list[tuple[str, str, bytes]]:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
+    from elasticvit_tf.export import tflite
+
     model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
     if len(model.subgraphs) != 1:
         raise ValueError(
             f"Per-op profiling supports one-subgraph models; this one has {len(model.subgraphs)}."
         )
     sub = model.subgraphs[0]
-    names = _op_names(schema, model)
+    names = tflite._code_names(schema, schema.Model.GetRootAs(bytearray(content), 0))
     types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 
     def has_data(buf_index: int) -> bool:

@@ -344,11 +344,7 @@ def float_op_types(tflite: "bytes | str | os.PathLike") -> dict[str, int]:
     """`{op type: count}` of the ops computing in float32 (first output float32), without the
     DEQUANTIZE ops that open float islands."""
     schema, model = _read_model(tflite)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = []
-    for j in range(model.OperatorCodesLength()):
-        oc = model.OperatorCodes(j)
-        codes.append(names.get(max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode())), "?"))
+    codes = _code_names(schema, model)
     out: dict[str, int] = {}
     for s in range(model.SubgraphsLength()):
         sub = model.Subgraphs(s)
@@ -413,16 +409,8 @@ def _read_model(tflite: "bytes | str"):
     return schema, schema.Model.GetRootAs(buf, 0)
 
 
-def list_ops(tflite: "bytes | str | os.PathLike") -> dict[str, int]:
-    """Counts the operators of a TFLite model by name (builtin name, or the custom code).
-
-    Args:
-        tflite: flatbuffer bytes or a path to a `.tflite` file.
-
-    Returns:
-        `{op_name: count}` over all subgraphs; custom ops appear as `CUSTOM:<code>`.
-    """
-    schema, model = _read_model(tflite)
+def _code_names(schema, model) -> list[str]:
+    """The op name of every operator code of a flatbuffer (`CUSTOM:<code>` for custom ops)."""
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     code_names = []
     for j in range(model.OperatorCodesLength()):
@@ -435,6 +423,20 @@ def list_ops(tflite: "bytes | str | os.PathLike") -> dict[str, int]:
             code_names.append(f"CUSTOM:{custom}")
         else:
             code_names.append(names.get(code, f"BUILTIN_{code}"))
+    return code_names
+
+
+def list_ops(tflite: "bytes | str | os.PathLike") -> dict[str, int]:
+    """Counts the operators of a TFLite model by name (builtin name, or the custom code).
+
+    Args:
+        tflite: flatbuffer bytes or a path to a `.tflite` file.
+
+    Returns:
+        `{op_name: count}` over all subgraphs; custom ops appear as `CUSTOM:<code>`.
+    """
+    schema, model = _read_model(tflite)
+    code_names = _code_names(schema, model)
     counts: dict[str, int] = {}
     for s in range(model.SubgraphsLength()):
         sub = model.Subgraphs(s)

@@ -78,6 +78,21 @@ def test_unknown_mode(tmp_path, keras_file):
     _assert_nothing_written(out)
 
 
+def test_bad_int8_float_ops(tmp_path, keras_file):
+    out = str(tmp_path / "out")
+    cfg = export_lib.ExportConfig(
+        output_dir=out, keras_model=keras_file, quantize=("int8",), int8_float_ops=("LAYERNORM",)
+    )
+    with pytest.raises(ValueError, match=r"Unknown TFLite op type\(s\) \['LAYERNORM'\]"):
+        export_lib.run_export(cfg, log=lambda *_: None)
+    cfg = export_lib.ExportConfig(
+        output_dir=out, keras_model=keras_file, quantize=("float32",), int8_float_ops=("SOFTMAX",)
+    )
+    with pytest.raises(ValueError, match="--int8_float_ops=SOFTMAX applies to --quantize=int8"):
+        export_lib.run_export(cfg, log=lambda *_: None)
+    _assert_nothing_written(out)
+
+
 def test_bad_source_and_target_settings(tmp_path, keras_file):
     out = str(tmp_path / "out")
     with pytest.raises(ValueError, match="either --model_dir .* or --keras_model"):
@@ -211,6 +226,14 @@ def test_benchmark_only(tmp_path, keras_file):
     assert saved["tflite"] == str(path) and saved["median_ms"] == pytest.approx(res.median_ms)
     with pytest.raises(ValueError, match="--benchmark_only needs --tflite"):
         export_lib.run_benchmark_only(str(tmp_path / "missing.tflite"))
+    prof = export_lib.run_benchmark_only(
+        str(path), runs=2, warmup=0, enable_op_profiling=True, output_dir=str(tmp_path / "p")
+    )
+    summary = export_lib.benchmark_summary(str(path), prof)
+    assert "isolated_ops" in summary and "XNNPACK partitions: 1" in summary
+    saved = json.loads((tmp_path / "p" / "benchmark_report.json").read_text())
+    assert saved["extra"]["op_profile"]["partitions"] == 1
+    assert sum(r["count"] for r in saved["op_profile"]) == sum(tflite_lib.list_ops(data).values())
 
 
 @pytest.mark.slow

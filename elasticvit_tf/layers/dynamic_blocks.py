@@ -97,6 +97,19 @@ def static_token_ln(x, ln, name):
     return y
 
 
+def avg_pool_as_dwconv(x, name):
+    """2x2 / stride 2 average pooling as a depthwise conv with weights 1/4 (the same sums
+    scaled by an exact power of two): XNNPACK runs int8 depthwise convs, not int8 average
+    pooling (docs/design.md#measured-decisions)."""
+    c = int(x.shape[-1])
+    layer = L.DepthwiseConv2D(
+        2, strides=2, padding="valid", use_bias=False, trainable=False, name=name
+    )
+    y = layer(x)
+    layer.set_weights([np.full((2, 2, c, 1), 0.25, np.float32)])
+    return y
+
+
 def _act(name, fn="hard_silu"):
     return L.Activation(fn, name=name)
 
@@ -284,7 +297,7 @@ class MBConvBlock(_Block):
             side_h, side_w = int(x.shape[1]), int(x.shape[2])
             if side_h % 2 or side_w % 2:
                 r = L.ZeroPadding2D(((side_h % 2, 0), (side_w % 2, 0)), name=name + "_sc_pad")(r)
-            r = L.AveragePooling2D(2, 2, padding="valid", name=name + "_sc_pool")(r)
+            r = avg_pool_as_dwconv(r, name + "_sc_pool")
         if cin != width:
             if self.shortcut is None:
                 raise ValueError(f"{self.name}: cin={cin} != width={width} but no shortcut conv")

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from elasticvit_tf.layers.dynamic_layers import LN_EPSILON, token_layer_norm
+from elasticvit_tf.layers.dynamic_layers import LN_EPSILON
 
 
 def relative_position_index(side: int, table_side: int) -> np.ndarray:
@@ -49,7 +49,12 @@ class TokenLayerNorm(keras.layers.Layer):
         self.built = True
 
     def call(self, x):
-        return token_layer_norm(x, self.gamma, self.beta, self.epsilon)
+        # The maths of `token_layer_norm`, with `var + eps` written as `var - (-eps)` (the same
+        # IEEE result): TFLite then has a SUB, which the int8 recipe keeps float with the other
+        # statistics, instead of an int8 scalar ADD that XNNPACK does not run
+        # (docs/design.md#measured-decisions).
+        mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(var - (-self.epsilon)) * self.gamma + self.beta
 
     def compute_output_shape(self, input_shape):
         return input_shape
