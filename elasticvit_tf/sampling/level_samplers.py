@@ -30,7 +30,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from elasticvit_tf.arch import ArchConfig
-from elasticvit_tf.flops import count_flops
+from elasticvit_tf.blocks import encode
+from elasticvit_tf.flops import count_flops, macs_encoded
 from elasticvit_tf.sampling import level_tables as ft
 from elasticvit_tf.sampling.samplers import Sampler, StepSample
 from elasticvit_tf.space import SearchSpace
@@ -184,7 +185,7 @@ class ComplexityAwareSampler(Sampler):
 
     def in_bin(self, arch: ArchConfig, level_index: int) -> bool:
         lo, hi = ft.bin_macs(*self.bins[level_index])  # exact integer MACs, as the tables
-        return lo <= int(ft.flops_macs_encoded(self.space, ft.encode(self.space, [arch]))[0]) <= hi
+        return lo <= int(macs_encoded(self.space, encode(self.space, [arch]))[0]) <= hi
 
     # ---------------------------------------------------------------------- bin sampling
     def _get_table(self, i: int, build: bool) -> Optional[ft.FlopsTable]:
@@ -549,9 +550,7 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
         # The official loop drops, at batch 0 of every epoch, entries whose FLOPs left the bin.
         for i, bank in enumerate(self.banks):
             if bank:
-                macs = ft.flops_macs_encoded(
-                    self.space, ft.encode(self.space, [a for a, _ in bank])
-                )
+                macs = macs_encoded(self.space, encode(self.space, [a for a, _ in bank]))
                 lo, hi = ft.bin_macs(*self.bins[i])
                 bank[:] = [e for e, m in zip(bank, macs) if lo <= m <= hi]
         self._reindex()
