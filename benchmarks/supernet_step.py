@@ -13,10 +13,14 @@ the non-elasticvit spaces) times, interleaved in one process on the same batch:
 Reports medians and ratios, then counts traces of the supernet step over random archs after
 warm-up (expected: 0).
 
+``--pieces`` instead times the per-weight work outside forward/backward over the supernet's
+and the static elastic_S1 model's variable lists (Keras AdamW, ``FusedAdamW``, AGC, EMA,
+zero-fill + accumulate), each as its own ``tf.function`` with constant gradients.
+
 Usage:
   python benchmarks/supernet_step.py [--spaces=elasticvit] [--batch=8] [--reps=10]
-      [--archs=min,elastic_S1,elastic_L3] [--device=GPU:0] [--retrace_archs=20]
-Writes benchmarks/results/supernet_step.json.
+      [--archs=min,elastic_S1,elastic_L3] [--device=GPU:0] [--retrace_archs=20] [--pieces]
+Writes benchmarks/results/supernet_step.json (``--pieces``: supernet_step_pieces.json).
 """
 
 from __future__ import annotations
@@ -93,6 +97,61 @@ def make_fwd_bwd(net):
         return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None]) + loss
 
     return grad
+
+
+def time_pieces(reps):
+    """Medians (ms) of the optimizer-side pieces over the supernet's and elastic_S1's weights."""
+    from elasticvit_tf.model_dir import EmaWeights
+    from elasticvit_tf.train import optim
+
+    net = ElasticSupernet(get_space("elasticvit"), 1000, num_slots=1)
+    static = extract_subnet(net, get_published_arch("elastic_S1"))
+
+    def pieces(variables):
+        grads = [tf.ones_like(v) * 1e-3 for v in variables]
+        keras_opt, fused = keras.optimizers.AdamW(1e-4), optim.FusedAdamW(1e-4)
+        keras_opt.build(variables)
+        fused.build(variables)
+        ema = EmaWeights(variables)
+
+        def done(*_):
+            return tf.constant(0.0)
+
+        return {
+            "keras_adamw": tf.function(
+                lambda: done(keras_opt.apply_gradients(zip(grads, variables)))
+            ),
+            "fused_adamw": tf.function(lambda: done(fused.apply_gradients(zip(grads, variables)))),
+            "agc": tf.function(
+                lambda: tf.add_n(
+                    [tf.reduce_sum(g) for g in optim.adaptive_clip_gradients(grads, variables)]
+                )
+            ),
+            "ema": tf.function(lambda: done(optim.ema_update(ema.shadow, variables, 0.999))),
+            "zero_fill_accumulate": tf.function(
+                lambda: tf.add_n(
+                    [tf.reduce_sum(tf.zeros(v.shape) + g) for v, g in zip(variables, grads)]
+                )
+            ),
+        }
+
+    sets = {
+        "supernet": pieces(net.trainable_variables),
+        "static_elastic_S1": pieces(static.trainable_variables),
+    }
+    for _ in range(2):
+        for fns in sets.values():
+            for fn in fns.values():
+                fn().numpy()
+    times = {(m, k): [] for m, fns in sets.items() for k in fns}
+    for _ in range(reps):
+        for m, fns in sets.items():
+            for k, fn in fns.items():
+                times[(m, k)].append(_timed(fn))
+    rows = [{"model": m, "piece": k, "ms": _ms(t)} for (m, k), t in times.items()]
+    for r in rows:
+        print(f"{r['model']:18s} {r['piece']:22s} {r['ms']:8.1f} ms", flush=True)
+    return rows
 
 
 def pick_archs(space, names):
@@ -214,10 +273,11 @@ def main(argv=None):
     p.add_argument("--retrace_archs", type=int, default=20)
     p.add_argument("--device", default="", help="e.g. GPU:0 (default: TensorFlow's placement)")
     p.add_argument("--graph_optimizations", default="auto", choices=("auto", "on", "off"))
-    p.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results", "supernet_step.json")
-    )
+    p.add_argument("--pieces", action="store_true", help="time the optimizer-side pieces only")
+    p.add_argument("--out", default="")
     args = p.parse_args(argv)
+    name = "supernet_step_pieces.json" if args.pieces else "supernet_step.json"
+    args.out = args.out or os.path.join(os.path.dirname(__file__), "results", name)
     gpus = tf.config.list_physical_devices("GPU")
     if args.device.upper().startswith("GPU") and not gpus:
         print(f"--device={args.device}: no GPU visible to TensorFlow; nothing to time")
@@ -225,6 +285,17 @@ def main(argv=None):
     graph_opt = args.graph_optimizations
     if graph_opt == "off" or (graph_opt == "auto" and not gpus):  # as elasticvit-train
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    if args.pieces:
+        rows = time_pieces(args.reps)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(
+                {"benchmark": "supernet_step_pieces", "loadavg": os.getloadavg(), "rows": rows},
+                f,
+                indent=2,
+            )
+        print(f"wrote {args.out}")
+        return 0
     all_rows, traces = [], []
     for name in args.spaces.split(","):
         names = args.archs.split(",") if args.archs else None

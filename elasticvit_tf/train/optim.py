@@ -290,8 +290,8 @@ def adaptive_clip_gradients(grads, variables, clip: float = AGC_CLIP, eps: float
         axis = unit_axis(tuple(w.shape))
         max_norm = clip * tf.maximum(unitwise_norm(w, axis), eps)
         g_norm = unitwise_norm(g, axis)
-        clipped = g * (max_norm / tf.maximum(g_norm, 1e-6))
-        out.append(tf.where(g_norm < max_norm, g, clipped))
+        scale = tf.minimum(max_norm / tf.maximum(g_norm, 1e-6), 1.0)  # exactly 1: unclipped
+        out.append(g * scale)  # one pass (no tf.where over the whole tensor)
     return out
 
 
