@@ -109,6 +109,12 @@ def _custom_layers() -> dict[str, Any]:
     import tf_keras
 
     tf = _tf()
+    # TensorFlow-only maths shared with the Keras 3 layers (no Keras 3 import)
+    from elasticvit_tf.layers.static_ops import (
+        relative_position_index,
+        relpos_attention,
+        token_layer_norm,
+    )
 
     class TfActivation(tf_keras.layers.Layer):
         def __init__(self, activation="linear", **kwargs):
@@ -183,8 +189,7 @@ def _custom_layers() -> dict[str, Any]:
             self.built = True
 
         def call(self, x):
-            mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
-            return (x - mean) * tf.math.rsqrt(var + self.epsilon) * self.gamma + self.beta
+            return token_layer_norm(x, self.gamma, self.beta, self.epsilon)
 
         def get_config(self):
             return {**super().get_config(), "epsilon": self.epsilon}
@@ -205,27 +210,11 @@ def _custom_layers() -> dict[str, Any]:
             self.attention_bias = self.add_weight(
                 name="attention_bias", shape=((2 * s - 1) ** 2, h)
             )
-            ys, xs = np.divmod(np.arange(s * s), s)
-            dy = ys[:, None] - ys[None, :] + s - 1
-            dx = xs[:, None] - xs[None, :] + s - 1
-            self._index = (dy * (2 * s - 1) + dx).astype(np.int32)
+            self._index = relative_position_index(s, s)
             self.built = True
 
         def call(self, t):
-            h, dq, dv, s = self.num_heads, self.key_dim, self.value_dim, self.side
-            n = s * s
-            t = tf.reshape(t, [-1, n, h, 2 * dq + dv])
-            q = tf.transpose(t[..., :dq], [0, 2, 1, 3])
-            k = tf.transpose(t[..., dq : 2 * dq], [0, 2, 1, 3])
-            v = tf.reshape(t[..., 2 * dq :], [-1, s, s, h * dv])
-            v = tf.pad(v, [[0, 0], [1, 1], [1, 1], [0, 0]])
-            v = tf.nn.depthwise_conv2d(v, self.dw_kernel, [1, 1, 1, 1], "VALID")
-            v = tf.transpose(tf.reshape(v, [-1, n, h, dv]), [0, 2, 1, 3])
-            bias = tf.transpose(tf.gather(self.attention_bias, self._index), [2, 0, 1])
-            attn = tf.matmul(q, k, transpose_b=True) * (dq**-0.5) + bias
-            attn = tf.nn.softmax(attn, axis=-1)
-            o = tf.transpose(tf.matmul(attn, v), [0, 2, 1, 3])
-            return tf.reshape(o, [-1, n, h * dv])
+            return relpos_attention(self, t)
 
         def get_config(self):
             return {

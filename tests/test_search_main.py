@@ -266,7 +266,7 @@ def test_budget_searches_run_a_fallback_per_unmet_budget(tmp_path):
     res = search_lib.run_budget_searches(cfg, search=fake_search, log=lambda s: None)
     assert [c.project_name for c in calls] == ["p", "p_3ms"]
     sub = calls[1]
-    assert sub.latency_budgets_ms == (3.0,) and sub.max_trials == 3 and sub.population == 3
+    assert sub.latency_budgets_ms.ms == (3.0,) and sub.max_trials == 3 and sub.population == 3
     assert sub.directory == os.path.join(str(tmp_path), "p")
     assert res["extra_configs"] == [sub.to_dict()]
     assert res["trials"] == 4

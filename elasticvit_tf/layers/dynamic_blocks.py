@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from elasticvit_tf.layers import static_layers
+from elasticvit_tf.layers import static_layers, static_ops
 from elasticvit_tf.layers.dynamic_layers import (
     BN_EPSILON,
     BN_MOMENTUM,
@@ -481,7 +481,7 @@ class TransformerLayer(_Block):
         t = static_dense(z, self.qkv, (2 + v) * c, name + "_qkv", kernel=qkv_w)
         att = static_layers.RelPosAttention(heads, dq, dq * v, side, name=name + "_attn")
         o = att(t)
-        idx = static_layers.relative_position_index(side, self.table_side)
+        idx = static_ops.relative_position_index(side, self.table_side)
         # crop the R-table to the (2s - 1)^2 offsets reachable at this side
         d = np.arange(-(side - 1), side)
         r = self.table_side

@@ -13,20 +13,11 @@ import numpy as np
 import tensorflow as tf
 
 from elasticvit_tf.layers.dynamic_layers import LN_EPSILON
-
-
-def relative_position_index(side: int, table_side: int) -> np.ndarray:
-    """``[side^2, side^2]`` indices into a ``[(2R - 1)^2, heads]`` table, R = ``table_side``.
-
-    ``idx[i, j] = (yi - yj + R - 1) * (2R - 1) + (xi - xj + R - 1)`` for row-major tokens of a
-    ``side x side`` map (docs/method.md#transformer-layer: the top-left crop of the R x R index).
-    """
-    if side > table_side:
-        raise ValueError(f"side={side} exceeds the relative-position table side {table_side}")
-    ys, xs = np.divmod(np.arange(side * side), side)
-    dy = ys[:, None] - ys[None, :] + table_side - 1
-    dx = xs[:, None] - xs[None, :] + table_side - 1
-    return (dy * (2 * table_side - 1) + dx).astype(np.int32)
+from elasticvit_tf.layers.static_ops import (
+    relative_position_index,
+    relpos_attention,
+    token_layer_norm,
+)
 
 
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
@@ -49,12 +40,7 @@ class TokenLayerNorm(keras.layers.Layer):
         self.built = True
 
     def call(self, x):
-        # The maths of `token_layer_norm`, with `var + eps` written as `var - (-eps)` (the same
-        # IEEE result): TFLite then has a SUB, which the int8 recipe keeps float with the other
-        # statistics, instead of an int8 scalar ADD that XNNPACK does not run
-        # (docs/design.md#measured-decisions).
-        mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
-        return (x - mean) * tf.math.rsqrt(var - (-self.epsilon)) * self.gamma + self.beta
+        return token_layer_norm(x, self.gamma, self.beta, self.epsilon)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -105,23 +91,7 @@ class RelPosAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, t):
-        h, dq, dv, s = self.num_heads, self.key_dim, self.value_dim, self.side
-        n = s * s
-        t = tf.reshape(t, [-1, n, h, 2 * dq + dv])
-        q = tf.transpose(t[..., :dq], [0, 2, 1, 3])
-        k = tf.transpose(t[..., dq : 2 * dq], [0, 2, 1, 3])
-        v = tf.reshape(t[..., 2 * dq :], [-1, s, s, h * dv])
-        v = tf.pad(v, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        v = tf.nn.depthwise_conv2d(v, self.dw_kernel, [1, 1, 1, 1], "VALID")
-        v = tf.transpose(tf.reshape(v, [-1, n, h, dv]), [0, 2, 1, 3])
-        bias = tf.transpose(tf.gather(self.attention_bias, self._index), [2, 0, 1])
-        attn = tf.matmul(q, k, transpose_b=True) * (dq**-0.5) + bias
-        attn = tf.nn.softmax(attn, axis=-1)
-        o = tf.transpose(tf.matmul(attn, v), [0, 2, 1, 3])
-        return tf.reshape(o, [-1, n, h * dv])
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.side * self.side, self.num_heads * self.value_dim)
+        return relpos_attention(self, t)
 
     def get_config(self):
         config = super().get_config()
