@@ -1,8 +1,10 @@
 """Latency predictor accuracy on held-out random subnets (issue 6 item 2).
 
 For each space and mode: build a LUT on this machine (``export.lut_builder.build_lut``, or
-reuse one with ``--lut_dir``), then measure held-out random subnets end to end as whole TFLite
-models (LiteRT, ``--num_threads``), ``--repeats`` timing sessions each (the first right after
+reuse one with ``--lut_dir``), then measure held-out random subnets end to end as the file
+``elasticvit-export`` ships (``extract_subnet`` of a random-weight supernet, converted by the
+export's conversion, ``lut_blocks.build_arch_model`` + ``lut_builder.convert_for_latency``;
+LiteRT, ``--num_threads``), ``--repeats`` timing sessions each (the first right after
 conversion, the others in later passes over all subnets, so slow drift of the machine's load
 shows up in the ground truth's own coefficient of variation). Reports the share of subnets
 predicted within +-10% and +-5%, RMSE, MAPE and Spearman rank correlation, for the LUT

@@ -26,9 +26,13 @@ from elasticvit_tf.blocks import BlockSpec, block_features, plan
 from elasticvit_tf.space import SearchSpace
 
 FORMAT = "elasticvit-latency-lut"
-VERSION = 1
+# Version 2: blocks are the shipped static layers converted by the export's conversion (int8:
+# the mixed recipe); version 1 timed stand-in block models (and all-int8), so it is refused.
+VERSION = 2
 MODES = ("fp32", "int8")
 MODE_ALIASES = {"fp32": "fp32", "float32": "fp32", "int8": "int8"}
+# The export's quantization mode (``elasticvit-export --quantize``) each LUT mode times.
+EXPORT_MODES = {"fp32": "float32", "int8": "int8"}
 
 
 def canonical_mode(mode: str) -> str:
@@ -135,7 +139,13 @@ def load(
         got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
         raise ValueError(f"{where}: format={got!r}, expected {FORMAT!r}")
     if d.get("version") != VERSION:
-        raise ValueError(f"{where}: version={d.get('version')!r}, expected {VERSION}")
+        hint = ""
+        if d.get("version") == 1:
+            hint = (
+                " (version 1 timed stand-in block models, not the shipped layers and int8 "
+                "recipe); rebuild it with elasticvit-lut"
+            )
+        raise ValueError(f"{where}: version={d.get('version')!r}, expected {VERSION}{hint}")
     missing = sorted({"space_fingerprint", "mode", "entries", "models", "constant_ms"} - set(d))
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}")

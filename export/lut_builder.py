@@ -24,11 +24,8 @@ Every model is timed by ``export.benchmark.benchmark`` (the project's one timing
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import os
-import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
@@ -53,35 +50,30 @@ KIND_FEATURES: dict[BlockKind, tuple[str, ...]] = {
 
 # ------------------------------------------------------------------------- convert + time
 def convert_for_latency(model, mode: str, num_calibration: int = 4, seed: int = 0) -> bytes:
-    """Converts a batch-1 Keras model to TFLite (builtin ops only) for timing.
+    """Converts a batch-1 Keras model to TFLite with the export's own conversion.
 
-    The model is wrapped in a bare ``tf.Module`` (``tflite.fixed_batch_module``: its
-    variables and one batch-1 traced signature) and converted with ``from_saved_model``: the
-    same graph as ``from_keras_model`` but without Keras' per-layer SavedModel tracing, ~2x
-    faster to write. ``int8`` is full-integer quantization with float I/O, calibrated on
-    random normal inputs (latency does not depend on the calibration values).
+    ``tflite.convert`` with the export's defaults (``export_lib.ExportConfig``: fixed batch 1,
+    float I/O), the LUT mode mapped to the shipped quantization mode (``lut.EXPORT_MODES``:
+    ``int8`` is the mixed recipe of ``tflite.INT8_FLOAT_OPS``), calibrated on random normal
+    inputs (latency does not depend on the calibration values).
     """
-    import tensorflow as tf
+    from elasticvit_tf.export import tflite as tflite_lib
+    from elasticvit_tf.export.export_lib import ExportConfig
 
-    from elasticvit_tf.export.tflite import fixed_batch_module
-
-    mode = lut_lib.canonical_mode(mode)
-    module = fixed_batch_module(model, 1)
-    shape = tuple(module.serve.input_signature[0].shape)
-    with tempfile.TemporaryDirectory() as d:
-        tf.saved_model.save(module, d, signatures=module.serve.get_concrete_function())
-        conv = tf.lite.TFLiteConverter.from_saved_model(d)
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if mode == "int8":
-            rng = np.random.default_rng(seed)
-            samples = [
-                rng.standard_normal(shape).astype(np.float32) for _ in range(num_calibration)
-            ]
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = lambda: iter([[s] for s in samples])
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        with contextlib.redirect_stdout(io.StringIO()):
-            return bytes(conv.convert())
+    qmode = tflite_lib.QuantMode.parse(lut_lib.EXPORT_MODES[lut_lib.canonical_mode(mode)])
+    rep = None
+    if qmode.needs_representative_data:
+        shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        rep = np.random.default_rng(seed).standard_normal((num_calibration, *shape))
+        rep = rep.astype(np.float32)
+    return tflite_lib.convert(
+        model,
+        qmode,
+        representative_dataset=rep,
+        int8_io=ExportConfig.int8_io,
+        representative_steps=num_calibration,
+        batch_size=ExportConfig.batch_size,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,6 +339,7 @@ def build_mode_lut(
         "space": space.name,
         "space_fingerprint": space.fingerprint(),
         "mode": mode,
+        "export_mode": lut_lib.EXPORT_MODES[mode],
         "provenance": {
             **lut_lib.provenance(
                 target,

@@ -60,8 +60,9 @@ def test_build_lut_writes_versioned_json_with_provenance(tmp_path, fake_device):
         with open(r["path"]) as f:
             d = json.load(f)
         assert d == json.loads(json.dumps(r["lut"]))
-        assert d["format"] == "elasticvit-latency-lut" and d["version"] == 1
+        assert d["format"] == "elasticvit-latency-lut" and d["version"] == 2
         assert d["space"] == "tiny" and d["space_fingerprint"] == space.fingerprint()
+        assert d["export_mode"] == {"fp32": "float32", "int8": "int8"}[mode]
         assert d["mode"] == mode
         prov = d["provenance"]
         for key in ("target", "runtime", "runtime_version", "num_threads", "warmup", "runs"):
@@ -167,9 +168,32 @@ def test_file_name_and_bad_input():
         lut_builder.build_lut(space, clock="gpu")
 
 
+def _layer_types(model):
+    return [type(l).__name__ for l in model.layers if type(l).__name__ != "InputLayer"]
+
+
+def test_block_models_are_the_shipped_static_layers():
+    """Time what ships: the LUT's one-block models, chained over an arch's plan, hold the same
+    Keras layers in the same order as the extracted subnet (``extract_subnet``)."""
+    from elasticvit_tf.export.lut_blocks import build_arch_model, build_op_model
+
+    space = get_space("tiny")
+    for arch in (space.min_arch(), space.sample(np.random.default_rng(3))):
+        chained = []
+        for sig in plan(space, arch):
+            if sig.kind is BlockKind.TRANSITION and "Reshape" not in chained:
+                chained.append("Reshape")  # the map -> tokens reshape of the first stage
+            chained += _layer_types(build_op_model(sig))
+        shipped = build_arch_model(space, arch)
+        assert shipped.name.startswith("subnet_")
+        assert chained == _layer_types(shipped)
+
+
 @pytest.mark.slow
 def test_real_blocks_convert_builtin_only_and_time(tmp_path):
     from ai_edge_litert import schema_py_generated as schema
+
+    from elasticvit_tf.export import tflite as tflite_lib
 
     space = get_space("tiny")
     sigs = [
@@ -184,8 +208,9 @@ def test_real_blocks_convert_builtin_only_and_time(tmp_path):
         model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(tfl, 0))
         codes = {oc.builtinCode for oc in model.operatorCodes}
         assert schema.BuiltinOperator.CUSTOM not in codes
-        if mode == "int8":
+        if mode == "int8":  # the shipped mixed recipe: attention math stays float
             assert schema.BuiltinOperator.QUANTIZE in codes
+            assert "BATCH_MATMUL" in tflite_lib.float_op_types(tfl)
         cfg = lut_builder.MeasureConfig(warmup=2, runs=5, min_time_s=0.0, sessions=1)
         st = lut_builder.time_model(tfl, cfg)
         assert st["median_ms"] > 0 and st["robust_cv"] >= 0
