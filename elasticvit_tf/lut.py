@@ -22,7 +22,7 @@ import subprocess
 from typing import Any, Mapping, Optional, Union
 
 from elasticvit_tf.arch import ArchConfig
-from elasticvit_tf.blocks import BlockSpec, block_features, plan
+from elasticvit_tf.blocks import BlockSpec, block_features, enumerate_blocks, plan
 from elasticvit_tf.space import SearchSpace
 
 FORMAT = "elasticvit-latency-lut"
@@ -271,6 +271,21 @@ class LutLatencyPredictor:
     def breakdown(self, arch: ArchConfig) -> list[tuple[BlockSpec, float, bool]]:
         """``(block, ms, measured)`` per block, in execution order."""
         return [(s, self.block_latency(s), s in self.entries) for s in plan(self.space, arch)]
+
+
+def check_covers(predictor: "LutLatencyPredictor", space: SearchSpace) -> None:
+    """Raises ``ValueError`` (one line) when the LUT cannot price a block the space needs: a
+    block type with neither a fitted model nor an entry for every block of that type."""
+    for kind, specs in enumerate_blocks(space).items():
+        if not specs or kind.value in predictor.models:
+            continue
+        missing = [s for s in specs if s not in predictor.entries]
+        if missing:
+            raise ValueError(
+                f"it has no '{kind.value}' model and no entry for {len(missing)} of the "
+                f"space's {len(specs)} '{kind.value}' blocks (e.g. {missing[0].to_dict()}); "
+                "expected a complete LUT: rebuild it with elasticvit-lut"
+            )
 
 
 def load_predictor(

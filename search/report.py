@@ -216,3 +216,164 @@ def _markdown(records, front_idx, best, space, latency_mode, settings) -> str:
         )
     lines.append("")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ several devices
+def write_device_reports(
+    output_dir: str,
+    records: Sequence[dict],
+    space: SearchSpace,
+    devices: Sequence,
+    latency_mode: Optional[str] = None,
+    settings: Optional[dict] = None,
+) -> dict[str, Any]:
+    """Outputs of a several-device search (``search/devices.py``) into ``output_dir``.
+
+    ``records`` carry ``latency_ms_by_device``. Per device: its Pareto front (top-1 vs its
+    predicted latency) and per budget ``best_arch_<device>_<budget>.json`` (the single-device
+    layout plus ``device`` and ``lut``); ``pareto.json`` holds every point and a ``devices``
+    section; ``pareto.png`` one front per device; ``report.md``.
+
+    Returns:
+        ``{"paths": {name: path}, "best": {"<device>/<tag>": record or None}, "front":
+        {device: [trial ids]}}``; a best record's ``latency_ms`` is that device's.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    paths: dict[str, str] = {}
+    best: dict[str, Optional[dict]] = {}
+    fronts: dict[str, list] = {}
+    section = {}
+    for d in devices:
+        pts = [dict(r, latency_ms=r["latency_ms_by_device"][d.name]) for r in records]
+        front_idx = pareto_front([(p["latency_ms"], p["top1"]) for p in pts])
+        fronts[d.name] = [pts[i]["trial_id"] for i in front_idx]
+        chosen = {}
+        for b in list(d.budgets) or [None]:
+            tag = LatencyBudgets.tag(b)
+            rec = best_for_budget(pts, b)
+            best[f"{d.name}/{tag}"] = rec
+            chosen[tag] = None if rec is None else rec["trial_id"]
+            if rec is None:
+                continue
+            name = f"best_arch_{d.name}_{tag}.json"
+            paths[name] = os.path.join(output_dir, name)
+            _write_json(
+                paths[name],
+                {
+                    "arch": rec["arch"],
+                    "metrics": {k: rec[k] for k in ("top1", "latency_ms", "mflops")},
+                    "budget_ms": b,
+                    "device": d.name,
+                    "lut": d.lut_path,
+                    "latency_mode": latency_mode,
+                    "space": space.name,
+                    "space_hash": space.fingerprint(),
+                    "trial_id": rec["trial_id"],
+                    "arch_key": rec["arch_key"],
+                },
+            )
+        section[d.name] = {
+            "lut": d.lut_path,
+            "budgets_ms": d.budgets.to_list(),
+            "front": fronts[d.name],
+            "best": chosen,
+        }
+    points = [
+        dict(r, on_front={n: r["trial_id"] in set(f) for n, f in fronts.items()}) for r in records
+    ]
+    paths["pareto.json"] = os.path.join(output_dir, "pareto.json")
+    _write_json(
+        paths["pareto.json"],
+        {
+            "space": space.name,
+            "space_hash": space.fingerprint(),
+            "latency_mode": latency_mode,
+            "x": "latency_ms_by_device (predicted per device, minimised)",
+            "y": "top1 (search split, maximised)",
+            "devices": section,
+            "points": points,
+        },
+    )
+    paths["pareto.png"] = os.path.join(output_dir, "pareto.png")
+    plot_device_fronts(paths["pareto.png"], records, devices, fronts, latency_mode)
+    paths["report.md"] = os.path.join(output_dir, "report.md")
+    with open(paths["report.md"], "w") as f:
+        f.write(_device_markdown(records, devices, fronts, best, space, latency_mode, settings))
+    return {"paths": paths, "best": best, "front": fronts}
+
+
+def plot_device_fronts(path: str, records, devices, fronts, latency_mode) -> None:
+    """One plot: per device its trials (faint), its front and its budgets, in one colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, d in enumerate(devices):
+        c = colors[i % len(colors)]
+        xs = [r["latency_ms_by_device"][d.name] for r in records]
+        ax.scatter(xs, [100 * r["top1"] for r in records], s=8, color=c, alpha=0.25)
+        ids = set(fronts[d.name])
+        front = sorted(
+            (r for r in records if r["trial_id"] in ids),
+            key=lambda r: r["latency_ms_by_device"][d.name],
+        )
+        fx = [r["latency_ms_by_device"][d.name] for r in front]
+        fy = [100 * r["top1"] for r in front]
+        ax.step(fx, fy, where="post", color=c, lw=1.2)
+        ax.scatter(fx, fy, s=24, color=c, zorder=3, label=f"{d.name} front ({len(front)})")
+        for b in d.budgets:
+            ax.axvline(b, ls="--", lw=0.8, color=c)
+    ax.set_xscale("log")
+    ax.set_xlabel(_x_axis(latency_mode)[1] + " per device (log)")
+    ax.set_ylabel("top-1 on the search split (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _device_markdown(records, devices, fronts, best, space, latency_mode, settings) -> str:
+    lines = [f"# Subnet search report: space `{space.name}` ({space.fingerprint()})", ""]
+    lines += ["## Settings", "", "| setting | value |", "|---|---|"]
+    for k in sorted(settings or {}):
+        lines.append(f"| {k} | `{settings[k]}` |")
+    lines += [
+        "",
+        f"Completed trials: **{len(records)}**, each predicted on {len(devices)} devices; "
+        f"latency mode: `{latency_mode}`.",
+        "",
+        "## Best subnet per device and budget",
+        "",
+        "| device | budget (ms) | top-1 (%) | predicted ms | MFLOPs | trial | arch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, r in best.items():
+        dev, tag = key.rsplit("/", 1)
+        if r is None:
+            lines.append(f"| {dev} | {tag} | no trial fits | | | | |")
+        else:
+            lines.append(
+                f"| {dev} | {tag} | {100 * r['top1']:.2f} | {r['latency_ms']:.4g} | "
+                f"{r['mflops']:.4g} | {r['trial_id']} | `{r['arch_key']}` |"
+            )
+    lines += ["", "![pareto](pareto.png)", ""]
+    by_id = {r["trial_id"]: r for r in records}
+    for d in devices:
+        lines += [
+            f"## Pareto front on {d.name} ({len(fronts[d.name])} of {len(records)} trials)",
+            "",
+            "| predicted ms | top-1 (%) | MFLOPs | trial | arch |",
+            "|---|---|---|---|---|",
+        ]
+        for tid in sorted(fronts[d.name], key=lambda t: by_id[t]["latency_ms_by_device"][d.name]):
+            r = by_id[tid]
+            lines.append(
+                f"| {r['latency_ms_by_device'][d.name]:.4g} | {100 * r['top1']:.2f} | "
+                f"{r['mflops']:.4g} | {tid} | `{r['arch_key']}` |"
+            )
+        lines.append("")
+    return "\n".join(lines)
