@@ -6,9 +6,12 @@ docs/formats.md#latency-lut-json. A LUT holds, for one space, quantization mode 
 the measured latency of a sample of the space's blocks (``blocks.BlockSpec``), one fitted
 linear model per block type for the blocks not measured, and a whole-subnet calibration:
 
-    predict(arch) = scale * sum over the arch's blocks of block_latency(block) + constant_ms
+    predict(arch) = scale * sum over the arch's blocks of
+                    kind_scale[block type] * block_latency(block) + constant_ms
 
-where a block's latency is its measured entry, else its type's model floored at 0 ms.
+where a block's latency is its measured entry, else its type's model floored at 0 ms, and
+``kind_scales`` (optional, default 1) is the per-block-type correction fitted on the whole
+subnets measured end to end (what isolated blocks miss: cache effects, fusion across blocks).
 Pure Python; nothing here builds or times a model.
 """
 
@@ -197,6 +200,7 @@ class LutLatencyPredictor:
         constant_ms: fitted per-model constant.
         scale: fitted multiplier of the block sum (1.0 when only a constant was fitted).
         provenance: the LUT's provenance record.
+        kind_scales: per block type, a fitted multiplier of its blocks (missing: 1.0).
     """
 
     def __init__(
@@ -208,8 +212,10 @@ class LutLatencyPredictor:
         constant_ms: float = 0.0,
         scale: float = 1.0,
         provenance: Optional[Mapping[str, Any]] = None,
+        kind_scales: Optional[Mapping[str, float]] = None,
     ):
         self.space = space
+        self.kind_scales = {str(k): float(v) for k, v in (kind_scales or {}).items()}
         self.mode = canonical_mode(mode)
         self.entries = dict(entries)
         self.models = {k: dict(v) for k, v in models.items()}
@@ -241,6 +247,7 @@ class LutLatencyPredictor:
             d["constant_ms"],
             d.get("scale", 1.0),
             d.get("provenance"),
+            d.get("kind_scales"),
         )
 
     def block_latency(self, spec: BlockSpec) -> float:
@@ -260,9 +267,17 @@ class LutLatencyPredictor:
         self._cache[spec] = ms
         return ms
 
+    def kind_sums(self, arch: ArchConfig) -> dict[str, float]:
+        """Per block type, the sum of its block latencies in ``arch`` (ms, uncorrected)."""
+        out: dict[str, float] = {}
+        for s in plan(self.space, arch):
+            out[s.kind.value] = out.get(s.kind.value, 0.0) + self.block_latency(s)
+        return out
+
     def blocks_sum(self, arch: ArchConfig) -> float:
-        """Sum of the block latencies of ``arch`` in ms, before calibration (validates it)."""
-        return sum(self.block_latency(s) for s in plan(self.space, arch))
+        """Sum of the block latencies of ``arch`` in ms with the per-type correction, before
+        the whole-subnet scale and constant (validates the arch)."""
+        return sum(self.kind_scales.get(k, 1.0) * v for k, v in self.kind_sums(arch).items())
 
     def predict(self, arch: ArchConfig) -> float:
         """Predicted whole-subnet latency in ms (validates the arch)."""

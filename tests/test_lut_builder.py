@@ -93,6 +93,61 @@ def test_fit_recovers_a_linear_device_and_predicts_held_out_archs(fake_device):
     assert e["latency_ms"] == pytest.approx(_fake_block_ms(sig))
 
 
+def test_measure_fraction_measures_a_share_and_predicts_the_rest(fake_device):
+    space = get_space("demo")
+    n = len(lut_builder.design_order(space))
+    lut = lut_builder.build_mode_lut(
+        space, "fp32", budget_s=1e6, num_calibration=3, measure_fraction=0.25
+    )
+    assert lut["design"] == {
+        "blocks_in_space": n,
+        "measured": len(lut["entries"]),
+        "measure_fraction": 0.25,
+    }
+    assert len(lut["entries"]) == int(np.ceil(0.25 * n)) == fake_device["op"]
+    # The models, fitted on the measured quarter only, price held-out blocks and archs.
+    assert all(m["cv_mape"] < 0.02 for m in lut["models"].values() if "cv_mape" in m)
+    assert "cv_mape" in lut["models"]["mbconv"]
+    pred = lut_lib.load_predictor(lut, space, "fp32")
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        a = space.sample(rng)
+        assert pred.predict(a) == pytest.approx(_fake_whole(space, a), rel=0.03)
+    with pytest.raises(ValueError, match="measure_fraction=0: expected a share in"):
+        lut_builder.build_lut(space, measure_fraction=0)
+
+
+def test_kind_scales_correct_what_isolated_blocks_miss(fake_device, monkeypatch):
+    """In whole subnets, transformer layers cost 1.3x their isolated time (cache effects):
+    the per-type correction, fitted on measured subnets only, recovers it."""
+    space = get_space("demo")
+
+    def measure_arch(space, arch, mode, cfg):
+        ms = sum(
+            _fake_block_ms(s) * (1.3 if s.kind is BlockKind.TRANSFORMER else 1.0)
+            for s in plan(space, arch)
+        )
+        return {"median_ms": ms + _OVERHEAD_MS + _INVOKE_MS}
+
+    monkeypatch.setattr(lut_builder, "measure_arch", measure_arch)
+    few = lut_builder.build_mode_lut(space, "fp32", budget_s=1e6, num_calibration=4)
+    assert few["kind_scales"] == {}  # too few subnets: no correction
+    lut = lut_builder.build_mode_lut(space, "fp32", budget_s=1e6, num_calibration=12)
+    assert lut["kind_scales"]["transformer"] == pytest.approx(1.3, abs=0.05)
+    assert lut["kind_scales"]["mbconv"] == pytest.approx(1.0, abs=0.05)
+    pred = lut_lib.load_predictor(lut, space)
+    old = lut_lib.load_predictor(dict(lut, kind_scales={}), space)
+    rng = np.random.default_rng(21)
+    errs, old_errs = [], []
+    for _ in range(20):
+        a = space.sample(rng)
+        true = measure_arch(space, a, "fp32", None)["median_ms"]
+        errs.append(abs(pred.predict(a) / true - 1))
+        old_errs.append(abs(old.predict(a) / true - 1))
+    assert max(errs) < 0.03 and np.mean(errs) < np.mean(old_errs)
+    assert lut_builder.refit_lut(lut, space)["kind_scales"] == pytest.approx(lut["kind_scales"])
+
+
 def test_fit_kind_model_exact_on_linear_data():
     sigs = enumerate_blocks(get_space("demo"))[BlockKind.MBCONV][:20]
     ms = [3e-4 + 2e-6 * block_features(s)["macs"] + 1e-6 * block_features(s)["ops"] for s in sigs]
