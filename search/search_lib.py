@@ -387,14 +387,21 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
 
     front = pareto_front([(r["latency_ms"], r["top1"]) for r in records])
     budgets = config.latency_budgets_ms or (None,)
+    best = {b: report.best_for_budget(records, b) for b in budgets}
+    front_ids = [records[i]["trial_id"] for i in front]
+    return _summary(role, tuner, oracle, out_dir, len(records), best, front_ids, paths)
+
+
+def _summary(role, tuner, oracle, out_dir, trials, best, front, paths) -> dict[str, Any]:
+    """``run_search``'s return value (see its docstring)."""
     return {
         "role": role,
         "project_dir": tuner.project_dir,
         "output_dir": out_dir,
-        "trials": len(records),
+        "trials": trials,
         "evaluations": tuner.evaluations,
-        "best": {b: report.best_for_budget(records, b) for b in budgets},
-        "front": [records[i]["trial_id"] for i in front],
+        "best": best,
+        "front": front,
         "paths": paths,
         "stop_reason": oracle.stop_reason,
     }
@@ -412,17 +419,9 @@ def _device_results(config, space, predictor, records, out_dir, settings, tuner,
     out = report.write_device_reports(
         out_dir, records, space, predictor.devices, predictor.mode, settings
     )
-    return {
-        "role": role,
-        "project_dir": tuner.project_dir,
-        "output_dir": out_dir,
-        "trials": len(records),
-        "evaluations": tuner.evaluations,
-        "best": out["best"],
-        "front": out["front"],
-        "paths": out["paths"],
-        "stop_reason": oracle.stop_reason,
-    }
+    return _summary(
+        role, tuner, oracle, out_dir, len(records), out["best"], out["front"], out["paths"]
+    )
 
 
 def _never_called(arch):
