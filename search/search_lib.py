@@ -504,6 +504,11 @@ def run_budget_searches(
     from elasticvit_tf.search.report import plot_pareto
 
     budget_tag = LatencyBudgets.tag
+    if config.multi_device:
+        raise ValueError(
+            f"latency_lut={config.latency_lut}: the per-budget fallback searches take one LUT; "
+            "run one search for several devices with run_search"
+        )
 
     if space is None:
         space, _ = resolve_space(config)

@@ -153,3 +153,31 @@ def test_search_command_line_round_trips_budget_lists(luts):
     )
     cmd = command_line(cfg)
     assert "'--latency_budget_ms=3,5;8,12.5'" in cmd and "--device_names=cpu,pixel7" in cmd
+
+
+@pytest.mark.slow
+def test_binary_refuses_a_budget_list_count_that_does_not_match(luts, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "elasticvit_tf.search.search_main",
+            f"--model_dir={tmp_path / 'model'}",
+            f"--latency_lut={luts['a']},{luts['b']}",
+            "--latency_budget_ms=3,5",
+            f"--directory={tmp_path / 'runs'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [x for x in r.stderr.splitlines() if x.startswith("elasticvit-search: error:")]
+    assert len(err) == 1 and "1 budget list(s) for 2 LUT(s)" in err[0]
+    assert not (tmp_path / "runs").exists()

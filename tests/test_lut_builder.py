@@ -279,7 +279,11 @@ def test_binary_bad_input_exits_2_with_one_line(tmp_path):
     import subprocess
     import sys
 
-    for flag, match in (("--space=nope", "unknown space 'nope'"), ("--modes=fp16", "mode='fp16'")):
+    for flag, match in (
+        ("--space=nope", "unknown space 'nope'"),
+        ("--modes=fp16", "mode='fp16'"),
+        ("--measure_fraction=0", "measure_fraction=0.0: expected a share in (0, 1]"),
+    ):
         r = subprocess.run(
             [
                 sys.executable,
