@@ -3,6 +3,10 @@
   elasticvit-lut --space=demo --modes=fp32,int8 --target=local --num_threads=1 \\
       --budget_s=120 --output_dir=luts
 
+A cheap LUT for a phone measures a share of the blocks and predicts the rest from per-type
+models fitted on the measured ones (``--measure_fraction=0.25``; the LUT records ``design``
+and each model's ``cv_mape`` on measured blocks left out of its fit).
+
 Writes one JSON per mode, named ``lut_<space>_<target>_<mode>_t<threads>_<date>.json``, for
 ``elasticvit-search --latency_lut``. Bad flags print one error line and exit with code 2.
 """
