@@ -1,8 +1,10 @@
 """Latency predictor accuracy on held-out random subnets (issue 6 item 2).
 
 For each space and mode: build a LUT on this machine (``export.lut_builder.build_lut``, or
-reuse one with ``--lut_dir``), then measure held-out random subnets end to end as whole TFLite
-models (LiteRT, ``--num_threads``), ``--repeats`` timing sessions each (the first right after
+reuse one with ``--lut_dir``), then measure held-out random subnets end to end as the file
+``elasticvit-export`` ships (``extract_subnet`` of a random-weight supernet, converted by the
+export's conversion, ``lut_blocks.build_arch_model`` + ``lut_builder.convert_for_latency``;
+LiteRT, ``--num_threads``), ``--repeats`` timing sessions each (the first right after
 conversion, the others in later passes over all subnets, so slow drift of the machine's load
 shows up in the ground truth's own coefficient of variation). Reports the share of subnets
 predicted within +-10% and +-5%, RMSE, MAPE and Spearman rank correlation, for the LUT
@@ -31,6 +33,7 @@ from absl import app, flags  # noqa: E402
 
 from elasticvit_tf import get_space  # noqa: E402
 from elasticvit_tf import lut as lut_lib  # noqa: E402
+from elasticvit_tf.arch import ArchConfig  # noqa: E402
 from elasticvit_tf.export import lut_builder  # noqa: E402
 from elasticvit_tf.export.lut_blocks import build_arch_model  # noqa: E402
 from elasticvit_tf.flops import count_flops  # noqa: E402
@@ -44,13 +47,23 @@ def define_flags():
     flags.DEFINE_list("spaces", ["demo"], "Space presets to evaluate.")
     flags.DEFINE_list("modes", ["fp32"], "Quantization modes (fp32, int8).")
     flags.DEFINE_integer("num_subnets", 100, "Held-out random subnets per space and mode.")
+    flags.DEFINE_integer(
+        "strata", 4, "FLOPs strata the held-out subnets are spread over (equal counts)."
+    )
+    flags.DEFINE_float(
+        "measure_fraction", 1.0, "LUT: measure at most this share of the blocks (lut_builder)."
+    )
     flags.DEFINE_integer("repeats", 3, "Timing sessions per subnet right after conversion.")
     flags.DEFINE_integer("late_repeats", 1, "Extra sessions per subnet after all conversions.")
     flags.DEFINE_integer("num_threads", 1, "LiteRT threads.")
     flags.DEFINE_integer("warmup", 5, "Warm-up invocations per timing session.")
     flags.DEFINE_integer("runs", 30, "Timed invocations per timing session (median taken).")
     flags.DEFINE_float("lut_budget_s", 240.0, "LUT build budget per space (all modes).")
-    flags.DEFINE_integer("num_calibration", 5, "Whole subnets per mode for the LUT constant.")
+    flags.DEFINE_integer(
+        "num_calibration",
+        12,
+        "Whole subnets per mode for the LUT calibration (>= 8: per-block-type scales).",
+    )
     flags.DEFINE_string("lut_dir", None, "Reuse LUTs from here when present (else build).")
     flags.DEFINE_list(
         "prior_luts", [], "Earlier LUT JSONs whose measured blocks the new build keeps."
@@ -58,7 +71,11 @@ def define_flags():
     flags.DEFINE_enum(
         "clock", "wall", ["wall", "cpu"], "wall latency, or 1-thread CPU time (shared CPUs)."
     )
-    flags.DEFINE_integer("seed", 2026, "Held-out sampling seed (LUT calibration uses 0).")
+    flags.DEFINE_integer(
+        "seed",
+        2026,
+        "Held-out sampling seed; no fitting step sees it (LUT design and calibration use 0).",
+    )
     flags.DEFINE_string("output_dir", "benchmarks/results", "Where the JSON goes.")
     flags.DEFINE_list(
         "report_only",
@@ -93,17 +110,55 @@ def metrics(pred, true) -> dict:
     }
 
 
-def held_out_archs(space, n, seed, exclude):
+def held_out_archs(space, n, seed, exclude, strata=4):
+    """``n`` distinct random archs (``seed``), none in ``exclude``, spread evenly over
+    ``strata`` equal-width FLOPs bands between the space's min and max arch (each band's archs
+    drawn uniformly from a seeded pool); returns ``(archs, stratum per arch)``."""
     rng = np.random.default_rng(seed)
-    archs, keys = [], set(exclude)
-    for _ in range(100 * n):
-        a = space.sample(rng)
-        if a.key() not in keys:
-            keys.add(a.key())
-            archs.append(a)
-        if len(archs) == n:
+    lo, hi = count_flops(space, space.min_arch()), count_flops(space, space.max_arch())
+    edges = np.linspace(lo, hi, strata + 1)
+    want = [n // strata + (i < n % strata) for i in range(strata)]
+    bands = [[] for _ in range(strata)]
+    keys = set(exclude)
+    for _ in range(200 * n):
+        if all(len(b) >= w for b, w in zip(bands, want)):
             break
-    return archs
+        a = space.sample(rng)
+        i = min(int(np.searchsorted(edges, count_flops(space, a), side="right")) - 1, strata - 1)
+        if a.key() in keys or len(bands[i]) >= want[i]:
+            continue
+        keys.add(a.key())
+        bands[i].append(a)
+    # NOTE: random sampling rarely reaches the largest band of a big space: top it up with
+    # seeded mutations towards the max arch (still never seen by any fitting step).
+    for i, band in enumerate(bands):
+        tries = 0
+        while len(band) < want[i] and tries < 2000 * n:
+            tries += 1
+            a = _grow(space, space.sample(rng), rng, edges[i])
+            f = count_flops(space, a)
+            if edges[i] <= f <= edges[i + 1] and a.key() not in keys:
+                keys.add(a.key())
+                band.append(a)
+    archs = [a for b in bands for a in b]
+    return archs, [i for i, b in enumerate(bands) for _ in b]
+
+
+def _grow(space, arch, rng, target):
+    """``arch`` with random dimensions set to their maximum until its FLOPs reach ``target``."""
+    d = arch.to_dict()
+    mx = space.max_arch().to_dict()
+    for _ in range(64):
+        if count_flops(space, ArchConfig.from_dict(d)) >= target:
+            break
+        if rng.random() < 0.2:
+            d["resolution"] = mx["resolution"]
+        else:
+            i = int(rng.integers(len(d["stages"])))
+            k = str(rng.choice(sorted(d["stages"][i])))
+            d["stages"][i][k] = mx["stages"][i][k]
+    a = ArchConfig.from_dict(d)
+    return a if space.contains(a) else arch
 
 
 def get_lut(space, mode, budget_s, log):
@@ -131,6 +186,7 @@ def get_lut(space, mode, budget_s, log):
         num_calibration=FLAGS.num_calibration,
         log=log,
         clock=FLAGS.clock,
+        measure_fraction=FLAGS.measure_fraction,
     )[mode]
     return out["lut"], out["path"]
 
@@ -142,15 +198,21 @@ def run_one(space, mode, result, save):
     budget = FLAGS.lut_budget_s / len(FLAGS.modes)
     lut, lut_path = get_lut(space, mode, budget, log)
     pred = load_predictor(lut, space, mode)
-    cal_archs = lut_builder.calibration_archs(space, len(lut["calibration"]["whole_ms"]), 0)
+    cal = lut["calibration"]
+    cal_archs = [ArchConfig.from_dict(a) for a in cal["archs"]] if "archs" in cal else []
+    cal_archs = cal_archs or lut_builder.calibration_archs(space, len(cal["whole_ms"]), 0)
     proxy = FlopsProxyPredictor.fit(space, cal_archs, lut["calibration"]["whole_ms"])
-    archs = held_out_archs(space, FLAGS.num_subnets, FLAGS.seed, [a.key() for a in cal_archs])
+    archs, strata = held_out_archs(
+        space, FLAGS.num_subnets, FLAGS.seed, [a.key() for a in cal_archs], FLAGS.strata
+    )
     rec = {
         "space": space.name,
         "mode": mode,
         "lut_path": lut_path,
         "lut_build_seconds": lut["provenance"].get("build_seconds"),
         "lut_measured_blocks": len(lut["entries"]),
+        "lut_design": lut.get("design"),
+        "lut_kind_scales": lut.get("kind_scales"),
         "lut_models": {
             k: {"n": v["n_samples"], "train_mape": v["train_mape"]}
             for k, v in lut["models"].items()
@@ -163,7 +225,7 @@ def run_one(space, mode, result, save):
     )
     tmp = tempfile.mkdtemp(prefix="latbench_")
     files = []
-    for i, a in enumerate(archs):
+    for i, (a, stratum) in enumerate(zip(archs, strata)):
         t0 = time.monotonic()
         tfl = lut_builder.convert_for_latency(build_arch_model(space, a), mode)
         conv_s = time.monotonic() - t0
@@ -177,6 +239,7 @@ def run_one(space, mode, result, save):
         rec["subnets"].append(
             {
                 "arch": a.to_dict(),
+                "stratum": stratum,
                 "mflops": count_flops(space, a),
                 "pred_ms": pred.predict(a),
                 "proxy_ms": proxy.predict(a),
@@ -219,6 +282,13 @@ def summarize(rec):
     rec["lut"] = metrics([s["pred_ms"] for s in subs], true)
     rec["flops_proxy"] = metrics([s["proxy_ms"] for s in subs], true)
     rec["lut_vs_median_of_sessions"] = metrics([s["pred_ms"] for s in subs], true_med)
+    rec["lut_by_stratum"] = {
+        str(k): metrics(
+            [s["pred_ms"] for s in subs if s.get("stratum") == k],
+            [t for s, t in zip(subs, true) if s.get("stratum") == k],
+        )
+        for k in sorted({s.get("stratum") for s in subs if s.get("stratum") is not None})
+    }
     bcv = [s["between_session_cv"] for s in subs if s["between_session_cv"] is not None]
     rec["ground_truth_noise"] = {
         "between_session_cv_median": float(np.median(bcv)) if bcv else None,
@@ -251,6 +321,12 @@ def print_table(result):
                 f"{'-' if b is None else f'{100 * b:.1f}%'} / "
                 f"{100 * noise['within_session_robust_cv_median']:.1f}%"
             )
+        for k, m in (r.get("lut_by_stratum") or {}).items():
+            if m:
+                print(
+                    f"{'':<17}FLOPs stratum {k}: n {m['n']}, ±10% {100 * m['within_10pct']:.1f}%,"
+                    f" Spearman {m['spearman']:.3f}"
+                )
 
 
 def main(argv):
@@ -295,6 +371,8 @@ def main(argv):
                 "spaces",
                 "modes",
                 "num_subnets",
+                "strata",
+                "measure_fraction",
                 "repeats",
                 "runs",
                 "warmup",

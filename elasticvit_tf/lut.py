@@ -6,9 +6,12 @@ docs/formats.md#latency-lut-json. A LUT holds, for one space, quantization mode 
 the measured latency of a sample of the space's blocks (``blocks.BlockSpec``), one fitted
 linear model per block type for the blocks not measured, and a whole-subnet calibration:
 
-    predict(arch) = scale * sum over the arch's blocks of block_latency(block) + constant_ms
+    predict(arch) = scale * sum over the arch's blocks of
+                    kind_scale[block type] * block_latency(block) + constant_ms
 
-where a block's latency is its measured entry, else its type's model floored at 0 ms.
+where a block's latency is its measured entry, else its type's model floored at 0 ms, and
+``kind_scales`` (optional, default 1) is the per-block-type correction fitted on the whole
+subnets measured end to end (what isolated blocks miss: cache effects, fusion across blocks).
 Pure Python; nothing here builds or times a model.
 """
 
@@ -22,13 +25,17 @@ import subprocess
 from typing import Any, Mapping, Optional, Union
 
 from elasticvit_tf.arch import ArchConfig
-from elasticvit_tf.blocks import BlockSpec, block_features, plan
+from elasticvit_tf.blocks import BlockSpec, block_features, enumerate_blocks, plan
 from elasticvit_tf.space import SearchSpace
 
 FORMAT = "elasticvit-latency-lut"
-VERSION = 1
+# Version 2: blocks are the shipped static layers converted by the export's conversion (int8:
+# the mixed recipe); version 1 timed stand-in block models (and all-int8), so it is refused.
+VERSION = 2
 MODES = ("fp32", "int8")
 MODE_ALIASES = {"fp32": "fp32", "float32": "fp32", "int8": "int8"}
+# The export's quantization mode (``elasticvit-export --quantize``) each LUT mode times.
+EXPORT_MODES = {"fp32": "float32", "int8": "int8"}
 
 
 def canonical_mode(mode: str) -> str:
@@ -135,7 +142,13 @@ def load(
         got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
         raise ValueError(f"{where}: format={got!r}, expected {FORMAT!r}")
     if d.get("version") != VERSION:
-        raise ValueError(f"{where}: version={d.get('version')!r}, expected {VERSION}")
+        hint = ""
+        if d.get("version") == 1:
+            hint = (
+                " (version 1 timed stand-in block models, not the shipped layers and int8 "
+                "recipe); rebuild it with elasticvit-lut"
+            )
+        raise ValueError(f"{where}: version={d.get('version')!r}, expected {VERSION}{hint}")
     missing = sorted({"space_fingerprint", "mode", "entries", "models", "constant_ms"} - set(d))
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}")
@@ -187,6 +200,7 @@ class LutLatencyPredictor:
         constant_ms: fitted per-model constant.
         scale: fitted multiplier of the block sum (1.0 when only a constant was fitted).
         provenance: the LUT's provenance record.
+        kind_scales: per block type, a fitted multiplier of its blocks (missing: 1.0).
     """
 
     def __init__(
@@ -198,8 +212,10 @@ class LutLatencyPredictor:
         constant_ms: float = 0.0,
         scale: float = 1.0,
         provenance: Optional[Mapping[str, Any]] = None,
+        kind_scales: Optional[Mapping[str, float]] = None,
     ):
         self.space = space
+        self.kind_scales = {str(k): float(v) for k, v in (kind_scales or {}).items()}
         self.mode = canonical_mode(mode)
         self.entries = dict(entries)
         self.models = {k: dict(v) for k, v in models.items()}
@@ -231,6 +247,7 @@ class LutLatencyPredictor:
             d["constant_ms"],
             d.get("scale", 1.0),
             d.get("provenance"),
+            d.get("kind_scales"),
         )
 
     def block_latency(self, spec: BlockSpec) -> float:
@@ -250,9 +267,17 @@ class LutLatencyPredictor:
         self._cache[spec] = ms
         return ms
 
+    def kind_sums(self, arch: ArchConfig) -> dict[str, float]:
+        """Per block type, the sum of its block latencies in ``arch`` (ms, uncorrected)."""
+        out: dict[str, float] = {}
+        for s in plan(self.space, arch):
+            out[s.kind.value] = out.get(s.kind.value, 0.0) + self.block_latency(s)
+        return out
+
     def blocks_sum(self, arch: ArchConfig) -> float:
-        """Sum of the block latencies of ``arch`` in ms, before calibration (validates it)."""
-        return sum(self.block_latency(s) for s in plan(self.space, arch))
+        """Sum of the block latencies of ``arch`` in ms with the per-type correction, before
+        the whole-subnet scale and constant (validates the arch)."""
+        return sum(self.kind_scales.get(k, 1.0) * v for k, v in self.kind_sums(arch).items())
 
     def predict(self, arch: ArchConfig) -> float:
         """Predicted whole-subnet latency in ms (validates the arch)."""
@@ -261,6 +286,21 @@ class LutLatencyPredictor:
     def breakdown(self, arch: ArchConfig) -> list[tuple[BlockSpec, float, bool]]:
         """``(block, ms, measured)`` per block, in execution order."""
         return [(s, self.block_latency(s), s in self.entries) for s in plan(self.space, arch)]
+
+
+def check_covers(predictor: "LutLatencyPredictor", space: SearchSpace) -> None:
+    """Raises ``ValueError`` (one line) when the LUT cannot price a block the space needs: a
+    block type with neither a fitted model nor an entry for every block of that type."""
+    for kind, specs in enumerate_blocks(space).items():
+        if not specs or kind.value in predictor.models:
+            continue
+        missing = [s for s in specs if s not in predictor.entries]
+        if missing:
+            raise ValueError(
+                f"it has no '{kind.value}' model and no entry for {len(missing)} of the "
+                f"space's {len(specs)} '{kind.value}' blocks (e.g. {missing[0].to_dict()}); "
+                "expected a complete LUT: rebuild it with elasticvit-lut"
+            )
 
 
 def load_predictor(

@@ -12,8 +12,9 @@ For one space, target and quantization mode the builder
 2. fits one non-negative linear model per block type on shape features (MACs, activation
    traffic, params, tokens, attention size, op count), in the spirit of nn-Meter's kernel
    predictors: a block not measured is predicted from its type's model;
-3. measures a few whole subnets end to end and fits the per-model constant (and, given enough
-   subnets, a scale): ``whole ~= scale * sum(blocks) + constant_ms``;
+3. measures a few whole subnets end to end (the file the export ships) and fits, given enough
+   subnets, one multiplier per block type (``fit_kind_scales``: what isolated blocks miss),
+   then the per-model constant (and a scale): ``whole ~= scale * sum(blocks) + constant_ms``;
 4. writes the LUT JSON of ``elasticvit_tf/lut.py`` (schema, provenance, file name; the search
    predicts with the same module's ``LutLatencyPredictor``).
 
@@ -24,11 +25,9 @@ Every model is timed by ``export.benchmark.benchmark`` (the project's one timing
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
+import math
 import os
-import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
@@ -53,35 +52,31 @@ KIND_FEATURES: dict[BlockKind, tuple[str, ...]] = {
 
 # ------------------------------------------------------------------------- convert + time
 def convert_for_latency(model, mode: str, num_calibration: int = 4, seed: int = 0) -> bytes:
-    """Converts a batch-1 Keras model to TFLite (builtin ops only) for timing.
+    """Converts a batch-1 Keras model to TFLite with the export's own conversion.
 
-    The model is wrapped in a bare ``tf.Module`` (``tflite.fixed_batch_module``: its
-    variables and one batch-1 traced signature) and converted with ``from_saved_model``: the
-    same graph as ``from_keras_model`` but without Keras' per-layer SavedModel tracing, ~2x
-    faster to write. ``int8`` is full-integer quantization with float I/O, calibrated on
-    random normal inputs (latency does not depend on the calibration values).
+    ``tflite.convert`` with the export's defaults (``export_lib.ExportConfig``: fixed batch 1,
+    float I/O), the LUT mode mapped to the shipped quantization mode (``lut.EXPORT_MODES``:
+    ``int8`` is the mixed recipe of ``tflite.INT8_FLOAT_OPS``), calibrated on random normal
+    inputs (latency does not depend on the calibration values).
     """
-    import tensorflow as tf
+    from elasticvit_tf.export import tflite as tflite_lib
+    from elasticvit_tf.export.export_lib import ExportConfig
 
-    from elasticvit_tf.export.tflite import fixed_batch_module
-
-    mode = lut_lib.canonical_mode(mode)
-    module = fixed_batch_module(model, 1)
-    shape = tuple(module.serve.input_signature[0].shape)
-    with tempfile.TemporaryDirectory() as d:
-        tf.saved_model.save(module, d, signatures=module.serve.get_concrete_function())
-        conv = tf.lite.TFLiteConverter.from_saved_model(d)
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if mode == "int8":
-            rng = np.random.default_rng(seed)
-            samples = [
-                rng.standard_normal(shape).astype(np.float32) for _ in range(num_calibration)
-            ]
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = lambda: iter([[s] for s in samples])
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        with contextlib.redirect_stdout(io.StringIO()):
-            return bytes(conv.convert())
+    qmode = tflite_lib.QuantMode.parse(lut_lib.EXPORT_MODES[lut_lib.canonical_mode(mode)])
+    rep = None
+    if qmode.needs_representative_data:
+        shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        rep = np.random.default_rng(seed).standard_normal((num_calibration, *shape))
+        rep = rep.astype(np.float32)
+    return tflite_lib.convert(
+        model,
+        qmode,
+        representative_dataset=rep,
+        int8_io=ExportConfig.int8_io,
+        representative_steps=num_calibration,
+        batch_size=ExportConfig.batch_size,
+        float_ops=ExportConfig.int8_float_ops if qmode is tflite_lib.QuantMode.INT8 else None,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +248,68 @@ def _fit_linear(names, sigs, ms) -> dict:
     }
 
 
+def cross_validated_mape(measured: dict[BlockSpec, float], folds: int = 5) -> dict[str, float]:
+    """Per block type with >= 2 * ``folds`` measured blocks: the mean relative error of its
+    model on measured blocks it was not fitted on (``folds``-fold, seeded): how well the
+    unmeasured blocks of that type are predicted."""
+    out = {}
+    for kind in BlockKind:
+        ks = [s for s in measured if s.kind is kind]
+        if len(ks) < 2 * folds:
+            continue
+        idx = np.random.default_rng(0).permutation(len(ks))
+        errs = []
+        for f in range(folds):
+            test = set(idx[f::folds].tolist())
+            train = [s for i, s in enumerate(ks) if i not in test]
+            m = fit_kind_model(kind, train, [measured[s] for s in train])
+            for i in test:
+                y = measured[ks[i]]
+                errs.append(abs(lut_lib.predict_block(m, ks[i]) - y) / y)
+        out[kind.value] = float(np.mean(errs))
+    return out
+
+
+KIND_CORRECTION_MIN = 8  # measured subnets needed before per-type scales are fitted
+
+
+def fit_kind_scales(
+    kind_sums: Sequence[dict[str, float]], wholes: Sequence[float], ridge: float = 0.01
+) -> dict[str, float]:
+    """Per block type, a multiplier of its blocks' summed latency, fitted on subnets measured
+    end to end (``whole ~= sum_k a_k * S_k + c`` in relative error, ridge ``ridge`` pulling
+    every ``a_k`` towards 1, clipped to [0.5, 2]); ``{}`` below ``KIND_CORRECTION_MIN``
+    subnets. It models what isolated blocks miss (cache effects, per-op overhead)."""
+    if len(wholes) < KIND_CORRECTION_MIN:
+        return {}
+    kinds = sorted({k for ks in kind_sums for k in ks})
+    s = np.array([[ks.get(k, 0.0) for k in kinds] for ks in kind_sums], dtype=np.float64)
+    w = np.asarray(wholes, dtype=np.float64)
+    total = s.sum(axis=1)
+    ok = (w < 2 * total) & (w > 0.5 * total)  # disturbed measurements (see fit_calibration)
+    if ok.sum() < KIND_CORRECTION_MIN:
+        return {}
+    s, w = s[ok], w[ok]
+    k = len(kinds)
+    x = np.hstack([s / w[:, None], 1.0 / w[:, None]])
+    reg = np.hstack([np.sqrt(ridge) * np.eye(k), np.zeros((k, 1))])
+    a = np.linalg.lstsq(
+        np.vstack([x, reg]), np.concatenate([np.ones(len(w)), np.sqrt(ridge) * np.ones(k)]), None
+    )[0][:k]
+    return {kind: float(v) for kind, v in zip(kinds, np.clip(a, 0.5, 2.0))}
+
+
+def fit_subnet_calibration(
+    kind_sums: Sequence[dict[str, float]], wholes: Sequence[float]
+) -> tuple[dict[str, float], list[float], float, float]:
+    """``(kind_scales, corrected block sums, scale, constant_ms)`` from measured subnets:
+    ``fit_kind_scales``, then ``fit_calibration`` on the corrected sums."""
+    kind_scales = fit_kind_scales(kind_sums, wholes)
+    sums = [sum(kind_scales.get(k, 1.0) * v for k, v in ks.items()) for ks in kind_sums]
+    scale, constant = fit_calibration(sums, wholes)
+    return kind_scales, sums, scale, constant
+
+
 def fit_calibration(sums: Sequence[float], wholes: Sequence[float]) -> tuple[float, float]:
     """(scale, constant_ms): constant = median(whole - sum) below 5 subnets, else a least-
     squares line, kept only when its scale is within [0.8, 1.25] (a small correction).
@@ -290,8 +347,13 @@ def build_mode_lut(
     seed: int = 0,
     log: Callable[[str], None] = lambda s: None,
     prior: Optional[dict] = None,
+    measure_fraction: float = 1.0,
 ) -> dict:
     """Builds one mode's LUT dict within ``budget_s`` seconds of measurement (see module doc).
+
+    ``measure_fraction``: measure at most this share of the space's blocks (design order,
+    every block type at least once); the others are predicted by their type's model, fitted on
+    the measured blocks only (a cheap LUT for a phone).
 
     ``prior``: an earlier LUT of the same space, mode, target and threads whose measured
     entries are kept (the design continues after them); its fits and constant are redone.
@@ -320,26 +382,30 @@ def build_mode_lut(
             measured[spec] = ms if prior_overhead is not None else _net(ms, overhead)
     order = design_order(space, seed)
     kinds_needed = {s.kind for s in order}
+    max_measured = max(1, math.ceil(measure_fraction * len(order)))
     for sig in order:
         covered = {s.kind for s in measured} >= kinds_needed
-        if covered and time.monotonic() > op_deadline:
+        if covered and (time.monotonic() > op_deadline or len(measured) >= max_measured):
             break
         if sig not in measured:
             measured[sig] = _net(measure_op(sig, mode, cfg), overhead)
     log(f"[{mode}] measured {len(measured)}/{len(order)} blocks in {time.monotonic() - t0:.1f}s")
     models = fit_models(measured)
+    for kind, cv in cross_validated_mape(measured).items():
+        models[kind]["cv_mape"] = cv
     cal_deadline = t0 + budget_s
-    sums, wholes, cal_archs = [], [], []
+    ksums, wholes, cal_archs = [], [], []
+    blocks_lut = lut_lib.LutLatencyPredictor(space, mode, measured, models)
     for arch in calibration_archs(space, num_calibration, seed):
-        if len(sums) >= min(2, num_calibration) and time.monotonic() > cal_deadline:
+        if len(ksums) >= min(2, num_calibration) and time.monotonic() > cal_deadline:
             break
         wholes.append(measure_arch(space, arch, mode, cfg)["median_ms"])
-        sums.append(lut_lib.LutLatencyPredictor(space, mode, measured, models).blocks_sum(arch))
+        ksums.append(blocks_lut.kind_sums(arch))
         cal_archs.append(arch.to_dict())
-    scale, constant = fit_calibration(sums, wholes)
+    kind_scales, sums, scale, constant = fit_subnet_calibration(ksums, wholes)
     log(
-        f"[{mode}] calibrated on {len(sums)} subnets: scale {scale:.3f}, constant "
-        f"{constant:.4f} ms ({time.monotonic() - t0:.1f}s)"
+        f"[{mode}] calibrated on {len(sums)} subnets: kind scales {kind_scales}, scale "
+        f"{scale:.3f}, constant {constant:.4f} ms ({time.monotonic() - t0:.1f}s)"
     )
     return {
         "format": lut_lib.FORMAT,
@@ -347,6 +413,7 @@ def build_mode_lut(
         "space": space.name,
         "space_fingerprint": space.fingerprint(),
         "mode": mode,
+        "export_mode": lut_lib.EXPORT_MODES[mode],
         "provenance": {
             **lut_lib.provenance(
                 target,
@@ -361,7 +428,18 @@ def build_mode_lut(
         "constant_ms": constant,
         "scale": scale,
         "invoke_overhead_ms": overhead,
-        "calibration": {"archs": cal_archs, "blocks_sum_ms": sums, "whole_ms": wholes},
+        "design": {
+            "blocks_in_space": len(order),
+            "measured": len(measured),
+            "measure_fraction": measure_fraction,
+        },
+        "kind_scales": kind_scales,
+        "calibration": {
+            "archs": cal_archs,
+            "kind_sums_ms": ksums,
+            "blocks_sum_ms": sums,
+            "whole_ms": wholes,
+        },
         "entries": [{"op": s.to_dict(), "latency_ms": v} for s, v in measured.items()],
         "models": models,
     }
@@ -383,11 +461,22 @@ def refit_lut(lut: dict, space: SearchSpace) -> dict:
     else:  # LUTs written before the archs were recorded: the builder's default seed 0
         archs = calibration_archs(space, len(cal["whole_ms"]), 0)
     models = fit_models(measured)
+    for kind, cv in cross_validated_mape(measured).items():
+        models[kind]["cv_mape"] = cv
     blocks_lut = lut_lib.LutLatencyPredictor(space, lut["mode"], measured, models)
-    cal["blocks_sum_ms"] = [blocks_lut.blocks_sum(a) for a in archs]
+    cal["kind_sums_ms"] = [blocks_lut.kind_sums(a) for a in archs]
     cal["archs"] = [a.to_dict() for a in archs]
-    scale, constant = fit_calibration(cal["blocks_sum_ms"], cal["whole_ms"])
-    return {**lut, "models": models, "calibration": cal, "constant_ms": constant, "scale": scale}
+    kind_scales, cal["blocks_sum_ms"], scale, constant = fit_subnet_calibration(
+        cal["kind_sums_ms"], cal["whole_ms"]
+    )
+    return {
+        **lut,
+        "models": models,
+        "calibration": cal,
+        "constant_ms": constant,
+        "scale": scale,
+        "kind_scales": kind_scales,
+    }
 
 
 def build_lut(
@@ -405,6 +494,7 @@ def build_lut(
     benchmark_model_path: Optional[str] = None,
     priors: Optional[dict[str, dict]] = None,
     clock: str = "wall",
+    measure_fraction: float = 1.0,
 ) -> dict[str, dict]:
     """Builds one LUT per mode, splitting ``budget_s`` evenly between modes.
 
@@ -424,6 +514,8 @@ def build_lut(
         benchmark_model_path: ``benchmark_model`` binary for adb targets.
         priors: optional ``{mode: earlier LUT dict}`` whose measured entries are kept.
         clock: "wall" (latency) or "cpu" (1-thread CPU time, for shared local CPUs).
+        measure_fraction: share of the space's blocks measured at most, in (0, 1]; the rest
+            is predicted by the per-type models (``build_mode_lut``).
 
     Returns:
         ``{mode: {"lut": lut_dict, "path": written path or None}}``.
@@ -435,6 +527,8 @@ def build_lut(
         raise ValueError(f"num_threads={num_threads!r}: expected an integer >= 1")
     if budget_s <= 0:
         raise ValueError(f"budget_s={budget_s!r}: expected > 0 seconds")
+    if not 0 < measure_fraction <= 1:
+        raise ValueError(f"measure_fraction={measure_fraction!r}: expected a share in (0, 1]")
     parse_target(target)
     if target != "local" and not benchmark_model_path:
         raise ValueError(f"target={target!r} needs benchmark_model_path (got none)")
@@ -462,6 +556,7 @@ def build_lut(
             seed=seed,
             log=log,
             prior=(priors or {}).get(mode),
+            measure_fraction=measure_fraction,
         )
         path = None
         if output_path is not None:

@@ -73,6 +73,49 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _best_arch(rec: dict, budget_ms, latency_mode, space: SearchSpace, extra=None) -> dict:
+    """The ``best_arch_*.json`` content of one record (``extra``: the device fields)."""
+    return {
+        "arch": rec["arch"],
+        "metrics": {k: rec[k] for k in ("top1", "latency_ms", "mflops")},
+        "budget_ms": budget_ms,
+        **(extra or {}),
+        "latency_mode": latency_mode,
+        "space": space.name,
+        "space_hash": space.fingerprint(),
+        "trial_id": rec["trial_id"],
+        "arch_key": rec["arch_key"],
+    }
+
+
+def _pareto_header(space: SearchSpace, latency_mode, x: str) -> dict:
+    return {
+        "space": space.name,
+        "space_hash": space.fingerprint(),
+        "latency_mode": latency_mode,
+        "x": x,
+        "y": "top1 (search split, maximised)",
+    }
+
+
+def _settings_lines(space: SearchSpace, settings) -> list[str]:
+    lines = [f"# Subnet search report: space `{space.name}` ({space.fingerprint()})", ""]
+    lines += ["## Settings", "", "| setting | value |", "|---|---|"]
+    return lines + [f"| {k} | `{settings[k]}` |" for k in sorted(settings or {})]
+
+
+def _save_plot(fig, ax, path: str) -> None:
+    """The shared y axis, grid and legend; writes ``path`` and closes the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel("top-1 on the search split (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_pareto(path: str, records, front_ids, budgets, x_label: str) -> None:
     """Top-1 vs predicted latency of every trial, the front highlighted (matplotlib Agg)."""
     import matplotlib
@@ -96,12 +139,7 @@ def plot_pareto(path: str, records, front_ids, budgets, x_label: str) -> None:
     for i, b in enumerate(shown):
         ax.axvline(b, ls="--", lw=0.8, c="#30638e", label="latency budgets" if i == 0 else None)
     ax.set_xlabel(x_label)
-    ax.set_ylabel("top-1 on the search split (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_plot(fig, ax, path)
 
 
 def write_reports(
@@ -125,11 +163,7 @@ def write_reports(
     _write_json(
         paths["pareto.json"],
         {
-            "space": space.name,
-            "space_hash": space.fingerprint(),
-            "latency_mode": latency_mode,
-            "x": _x_axis(latency_mode)[0],
-            "y": "top1 (search split, maximised)",
+            **_pareto_header(space, latency_mode, _x_axis(latency_mode)[0]),
             "front": [records[i]["trial_id"] for i in front_idx],
             "points": points,
         },
@@ -143,19 +177,7 @@ def write_reports(
             continue
         name = f"best_arch_{LatencyBudgets.tag(b)}.json"
         paths[name] = os.path.join(output_dir, name)
-        _write_json(
-            paths[name],
-            {
-                "arch": rec["arch"],
-                "metrics": {k: rec[k] for k in ("top1", "latency_ms", "mflops")},
-                "budget_ms": b,
-                "latency_mode": latency_mode,
-                "space": space.name,
-                "space_hash": space.fingerprint(),
-                "trial_id": rec["trial_id"],
-                "arch_key": rec["arch_key"],
-            },
-        )
+        _write_json(paths[name], _best_arch(rec, b, latency_mode, space))
 
     x_label = _x_axis(latency_mode)[1]
     paths["pareto.png"] = os.path.join(output_dir, "pareto.png")
@@ -180,10 +202,7 @@ def _x_axis(latency_mode: Optional[str]) -> tuple[str, str]:
 
 def _markdown(records, front_idx, best, space, latency_mode, settings) -> str:
     x_label = _x_axis(latency_mode)[1]
-    lines = [f"# Subnet search report: space `{space.name}` ({space.fingerprint()})", ""]
-    lines += ["## Settings", "", "| setting | value |", "|---|---|"]
-    for k in sorted(settings):
-        lines.append(f"| {k} | `{settings[k]}` |")
+    lines = _settings_lines(space, settings)
     lines += ["", f"Completed trials: **{len(records)}**; latency mode: `{latency_mode}`.", ""]
     lines += [
         "## Best subnet per latency budget",
@@ -205,14 +224,151 @@ def _markdown(records, front_idx, best, space, latency_mode, settings) -> str:
         "",
         "![pareto](pareto.png)",
         "",
-        f"| {x_label} | top-1 (%) | MFLOPs | trial | arch |",
-        "|---|---|---|---|---|",
     ]
-    for i in front_idx:
-        r = records[i]
-        lines.append(
-            f"| {r['latency_ms']:.4g} | {100 * r['top1']:.2f} | {r['mflops']:.4g} | "
-            f"{r['trial_id']} | `{r['arch_key']}` |"
-        )
+    lines += _front_table(x_label, [(records[i]["latency_ms"], records[i]) for i in front_idx])
     lines.append("")
+    return "\n".join(lines)
+
+
+def _front_table(x_label: str, rows) -> list[str]:
+    """Markdown rows of a Pareto front: ``rows`` of ``(latency, record)``."""
+    out = [f"| {x_label} | top-1 (%) | MFLOPs | trial | arch |", "|---|---|---|---|---|"]
+    return out + [
+        f"| {ms:.4g} | {100 * r['top1']:.2f} | {r['mflops']:.4g} | {r['trial_id']} | "
+        f"`{r['arch_key']}` |"
+        for ms, r in rows
+    ]
+
+
+# ------------------------------------------------------------------------ several devices
+def write_device_reports(
+    output_dir: str,
+    records: Sequence[dict],
+    space: SearchSpace,
+    devices: Sequence,
+    latency_mode: Optional[str] = None,
+    settings: Optional[dict] = None,
+) -> dict[str, Any]:
+    """Outputs of a several-device search (``search/devices.py``) into ``output_dir``.
+
+    ``records`` carry ``latency_ms_by_device``. Per device: its Pareto front (top-1 vs its
+    predicted latency) and per budget ``best_arch_<device>_<budget>.json`` (the single-device
+    layout plus ``device`` and ``lut``); ``pareto.json`` holds every point and a ``devices``
+    section; ``pareto.png`` one front per device; ``report.md``.
+
+    Returns:
+        ``{"paths": {name: path}, "best": {"<device>/<tag>": record or None}, "front":
+        {device: [trial ids]}}``; a best record's ``latency_ms`` is that device's.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    paths: dict[str, str] = {}
+    best: dict[str, Optional[dict]] = {}
+    fronts: dict[str, list] = {}
+    section = {}
+    for d in devices:
+        pts = [dict(r, latency_ms=r["latency_ms_by_device"][d.name]) for r in records]
+        front_idx = pareto_front([(p["latency_ms"], p["top1"]) for p in pts])
+        fronts[d.name] = [pts[i]["trial_id"] for i in front_idx]
+        chosen = {}
+        for b in list(d.budgets) or [None]:
+            tag = LatencyBudgets.tag(b)
+            rec = best_for_budget(pts, b)
+            best[f"{d.name}/{tag}"] = rec
+            chosen[tag] = None if rec is None else rec["trial_id"]
+            if rec is None:
+                continue
+            name = f"best_arch_{d.name}_{tag}.json"
+            paths[name] = os.path.join(output_dir, name)
+            extra = {"device": d.name, "lut": d.lut_path}
+            _write_json(paths[name], _best_arch(rec, b, latency_mode, space, extra))
+        section[d.name] = {
+            "lut": d.lut_path,
+            "budgets_ms": d.budgets.to_list(),
+            "front": fronts[d.name],
+            "best": chosen,
+        }
+    points = [
+        dict(r, on_front={n: r["trial_id"] in set(f) for n, f in fronts.items()}) for r in records
+    ]
+    paths["pareto.json"] = os.path.join(output_dir, "pareto.json")
+    _write_json(
+        paths["pareto.json"],
+        {
+            **_pareto_header(
+                space, latency_mode, "latency_ms_by_device (predicted per device, minimised)"
+            ),
+            "devices": section,
+            "points": points,
+        },
+    )
+    paths["pareto.png"] = os.path.join(output_dir, "pareto.png")
+    plot_device_fronts(paths["pareto.png"], records, devices, fronts, latency_mode)
+    paths["report.md"] = os.path.join(output_dir, "report.md")
+    with open(paths["report.md"], "w") as f:
+        f.write(_device_markdown(records, devices, fronts, best, space, latency_mode, settings))
+    return {"paths": paths, "best": best, "front": fronts}
+
+
+def plot_device_fronts(path: str, records, devices, fronts, latency_mode) -> None:
+    """One plot: per device its trials (faint), its front and its budgets, in one colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, d in enumerate(devices):
+        c = colors[i % len(colors)]
+        xs = [r["latency_ms_by_device"][d.name] for r in records]
+        ax.scatter(xs, [100 * r["top1"] for r in records], s=8, color=c, alpha=0.25)
+        ids = set(fronts[d.name])
+        front = sorted(
+            (r for r in records if r["trial_id"] in ids),
+            key=lambda r: r["latency_ms_by_device"][d.name],
+        )
+        fx = [r["latency_ms_by_device"][d.name] for r in front]
+        fy = [100 * r["top1"] for r in front]
+        ax.step(fx, fy, where="post", color=c, lw=1.2)
+        ax.scatter(fx, fy, s=24, color=c, zorder=3, label=f"{d.name} front ({len(front)})")
+        for b in d.budgets:
+            ax.axvline(b, ls="--", lw=0.8, color=c)
+    ax.set_xscale("log")
+    ax.set_xlabel(_x_axis(latency_mode)[1] + " per device (log)")
+    _save_plot(fig, ax, path)
+
+
+def _device_markdown(records, devices, fronts, best, space, latency_mode, settings) -> str:
+    lines = _settings_lines(space, settings)
+    lines += [
+        "",
+        f"Completed trials: **{len(records)}**, each predicted on {len(devices)} devices; "
+        f"latency mode: `{latency_mode}`.",
+        "",
+        "## Best subnet per device and budget",
+        "",
+        "| device | budget (ms) | top-1 (%) | predicted ms | MFLOPs | trial | arch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, r in best.items():
+        dev, tag = key.rsplit("/", 1)
+        if r is None:
+            lines.append(f"| {dev} | {tag} | no trial fits | | | | |")
+        else:
+            lines.append(
+                f"| {dev} | {tag} | {100 * r['top1']:.2f} | {r['latency_ms']:.4g} | "
+                f"{r['mflops']:.4g} | {r['trial_id']} | `{r['arch_key']}` |"
+            )
+    lines += ["", "![pareto](pareto.png)", ""]
+    by_id = {r["trial_id"]: r for r in records}
+    for d in devices:
+        lines += [
+            f"## Pareto front on {d.name} ({len(fronts[d.name])} of {len(records)} trials)",
+            "",
+        ]
+        rows = sorted(
+            ((by_id[t]["latency_ms_by_device"][d.name], by_id[t]) for t in fronts[d.name]),
+            key=lambda x: x[0],
+        )
+        lines += _front_table("predicted ms", rows) + [""]
     return "\n".join(lines)

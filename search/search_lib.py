@@ -78,9 +78,25 @@ class SearchConfig:
     oracle: str = "evolution"
     use_memory_banks: bool = True
     overwrite: bool = False
+    device_budgets_ms: tuple[LatencyBudgets, ...] = ()
+    device_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "latency_budgets_ms", LatencyBudgets.of(self.latency_budgets_ms))
+        object.__setattr__(
+            self, "device_budgets_ms", tuple(LatencyBudgets.of(b) for b in self.device_budgets_ms)
+        )
+        object.__setattr__(self, "device_names", tuple(str(n) for n in self.device_names or ()))
+        if self.multi_device and self.latency_budgets_ms:
+            raise ValueError(
+                f"latency_lut={self.latency_lut}: several LUTs take one budget list per LUT "
+                "(device_budgets_ms, the flag's 'a,b;c,d' form), not latency_budgets_ms"
+            )
+        if not self.multi_device and (self.device_budgets_ms or self.device_names):
+            raise ValueError(
+                "device_budgets_ms / device_names need several LUTs (latency_lut='a.json,"
+                f"b.json'); received latency_lut={self.latency_lut!r}"
+            )
         if self.mflops_range is not None:
             if len(self.mflops_range) != 2:
                 raise ValueError(f"mflops_range={self.mflops_range!r}: expected (lo, hi)")
@@ -100,13 +116,28 @@ class SearchConfig:
             raise ValueError(f"eval_batches={self.eval_batches}: expected None or >= 1")
 
     @property
+    def lut_paths(self) -> list[str]:
+        """The LUT paths (``latency_lut`` is one path or a comma list, one per device)."""
+        return [p.strip() for p in (self.latency_lut or "").split(",") if p.strip()]
+
+    @property
+    def multi_device(self) -> bool:
+        """Several LUTs: one search for several devices (``search/devices.py``)."""
+        return len(self.lut_paths) > 1
+
+    @property
     def parents_or_default(self) -> int:
         return self.parents if self.parents is not None else max(1, self.population // 2)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON values (the budgets as a list of milliseconds)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return dict(d, latency_budgets_ms=self.latency_budgets_ms.to_list())
+        return dict(
+            d,
+            latency_budgets_ms=self.latency_budgets_ms.to_list(),
+            device_budgets_ms=[b.to_list() for b in self.device_budgets_ms],
+            device_names=list(self.device_names),
+        )
 
 
 # --------------------------------------------------------------------------------- pieces
@@ -154,7 +185,9 @@ def load_latency_predictor(config: SearchConfig, space: SearchSpace):
     if not os.path.isfile(config.latency_lut):
         raise ValueError(f"--latency_lut={config.latency_lut}: no such file; expected a LUT JSON")
     try:
-        return lut.load_predictor(config.latency_lut, space, mode=config.latency_mode)
+        pred = lut.load_predictor(config.latency_lut, space, mode=config.latency_mode)
+        lut.check_covers(pred, space)
+        return pred
     except ValueError as e:
         raise ValueError(f"--latency_lut={config.latency_lut}: {e}") from None
 
@@ -216,12 +249,18 @@ def build_evaluator(config: SearchConfig, space: SearchSpace):
 
 
 def build_oracle(config, space, predictor, initial_archs: Sequence[ArchConfig] = ()):
+    """The oracle; with a ``MultiDevicePredictor`` its budgets are the devices' budgets as
+    fractions of each device's largest (``search/devices.py``)."""
     from elasticvit_tf.search import oracle as oracle_lib
+    from elasticvit_tf.search.devices import MultiDevicePredictor
 
+    budgets = config.latency_budgets_ms
+    if isinstance(predictor, MultiDevicePredictor):
+        budgets = predictor.budgets
     common = dict(
         space=space,
         predictor=predictor,
-        latency_budgets=config.latency_budgets_ms,
+        latency_budgets=budgets,
         mflops_range=config.mflops_range,
         max_trials=config.max_trials,
         seed=config.seed,
@@ -259,17 +298,32 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
 
     if config.model_dir is None and evaluator is None:
         raise ValueError("--model_dir is required (the trained supernet to search)")
+    from elasticvit_tf.search import devices as devices_lib
+
     role = _role()
     space, _ = resolve_space(config)
-    if predictor is None:
+    if predictor is None and config.multi_device:
+        devices = devices_lib.load_devices(
+            space,
+            config.lut_paths,
+            config.device_budgets_ms or [LatencyBudgets()] * len(config.lut_paths),
+            config.device_names,
+            config.latency_mode,
+        )
+        predictor = devices_lib.MultiDevicePredictor(devices)
+    devices = getattr(predictor, "devices", None)
+    if devices is not None:
+        devices_lib.check_feasible(space, devices, config.mflops_range)
+    elif predictor is None:
         if config.latency_budgets_ms and not config.latency_lut:
             raise ValueError(
                 "a latency budget needs a latency predictor: pass --latency_lut (a LUT JSON "
                 "written by elasticvit-lut)"
             )
         predictor = load_latency_predictor(config, space)
-    # Every listed budget must admit the smallest subnet (a smaller one can never be met).
-    oracle_lib.check_feasible(space, predictor, config.latency_budgets_ms, config.mflops_range)
+    if devices is None:
+        # Every listed budget must admit the smallest subnet (a smaller one can never be met).
+        oracle_lib.check_feasible(space, predictor, config.latency_budgets_ms, config.mflops_range)
 
     initial = []
     if (
@@ -322,6 +376,10 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
             "stop_reason": oracle.stop_reason,
         }
     )
+    if devices is not None:
+        return _device_results(
+            config, space, predictor, records, out_dir, settings, tuner, oracle, role
+        )
     paths = report.write_reports(
         out_dir, records, space, config.latency_budgets_ms, latency_mode=mode, settings=settings
     )
@@ -329,17 +387,41 @@ def run_search(config: SearchConfig, evaluator=None, predictor=None) -> dict[str
 
     front = pareto_front([(r["latency_ms"], r["top1"]) for r in records])
     budgets = config.latency_budgets_ms or (None,)
+    best = {b: report.best_for_budget(records, b) for b in budgets}
+    front_ids = [records[i]["trial_id"] for i in front]
+    return _summary(role, tuner, oracle, out_dir, len(records), best, front_ids, paths)
+
+
+def _summary(role, tuner, oracle, out_dir, trials, best, front, paths) -> dict[str, Any]:
+    """``run_search``'s return value (see its docstring)."""
     return {
         "role": role,
         "project_dir": tuner.project_dir,
         "output_dir": out_dir,
-        "trials": len(records),
+        "trials": trials,
         "evaluations": tuner.evaluations,
-        "best": {b: report.best_for_budget(records, b) for b in budgets},
-        "front": [records[i]["trial_id"] for i in front],
+        "best": best,
+        "front": front,
         "paths": paths,
         "stop_reason": oracle.stop_reason,
     }
+
+
+def _device_results(config, space, predictor, records, out_dir, settings, tuner, oracle, role):
+    """Reports and summary of a several-device search: every trial predicted on every device,
+    a front and a best arch per device and budget (keys ``<device>/<budget tag>``)."""
+    from elasticvit_tf.search import report
+
+    for r in records:
+        r["budget_fraction"] = r.pop("latency_ms")
+        r["latency_ms_by_device"] = predictor.predict_all(ArchConfig.from_dict(r["arch"]))
+    settings = dict(settings, devices={d.name: d.lut_path for d in predictor.devices})
+    out = report.write_device_reports(
+        out_dir, records, space, predictor.devices, predictor.mode, settings
+    )
+    return _summary(
+        role, tuner, oracle, out_dir, len(records), out["best"], out["front"], out["paths"]
+    )
 
 
 def _never_called(arch):
@@ -422,6 +504,11 @@ def run_budget_searches(
     from elasticvit_tf.search.report import plot_pareto
 
     budget_tag = LatencyBudgets.tag
+    if config.multi_device:
+        raise ValueError(
+            f"latency_lut={config.latency_lut}: the per-budget fallback searches take one LUT; "
+            "run one search for several devices with run_search"
+        )
 
     if space is None:
         space, _ = resolve_space(config)

@@ -8,8 +8,13 @@ Examples:
 Re-running with the same --directory/--project_name resumes the search. Distributed: start
 one process with KERASTUNER_TUNER_ID=chief and the workers with KERASTUNER_TUNER_ID=tuner0,
 tuner1, ..., all with KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT set to the chief's address.
-Bad input (unreadable model_dir, LUT of another space or mode, budget below the smallest
-subnet's latency) prints one error line and exits with code 2.
+Several devices in one search (search/devices.py): --latency_lut=a.json,b.json
+--latency_budget_ms='3,5;8,12' (one budget list per LUT, ';' between lists) [--device_names=
+pixel7,a54]; reports hold a front per device and best_arch_<device>_<budget>.json.
+Bad input (unreadable model_dir, LUT of another space or mode, LUTs of different modes, a
+budget list count that does not match the LUT count, a LUT that cannot price a block type the
+space needs, budget below the smallest subnet's latency) prints one error line and exits with
+code 2 before any trial runs.
 """
 
 from __future__ import annotations
@@ -24,13 +29,25 @@ from absl import flags
 def define_flags() -> None:
     flags.DEFINE_string("model_dir", None, "Trained supernet directory (elasticvit-train output).")
     flags.DEFINE_string("space", None, "Expected space preset (default: the model_dir's).")
-    flags.DEFINE_string("latency_lut", None, "Latency LUT JSON (elasticvit-lut output).")
+    flags.DEFINE_string(
+        "latency_lut",
+        None,
+        "Latency LUT JSON (elasticvit-lut output), or a comma list, one LUT per device: "
+        "every trial is predicted on every device.",
+    )
+    flags.DEFINE_list(
+        "device_names",
+        [],
+        "With several LUTs: one name per LUT for reports and best_arch_<device>_<budget>.json "
+        "(default: the LUT's target and threads, e.g. local-t1).",
+    )
     flags.DEFINE_string("latency_mode", None, "Quantization mode the LUT must hold (e.g. fp32).")
     flags.DEFINE_list(
         "latency_budget_ms",
         [],
         "One budget or a comma list (ms); the constraint is the largest, a best arch is "
-        "reported per budget.",
+        "reported per budget. With several LUTs: one list per LUT, ';' between lists "
+        "(e.g. '3,5;8,12': 3 and 5 ms on the first device, 8 and 12 ms on the second).",
     )
     flags.DEFINE_list("mflops_range", None, "FLOPs window lo,hi in MFLOPs.")
     flags.DEFINE_integer("max_trials", 256, "Trials in total (a resumed search counts old ones).")
@@ -52,6 +69,7 @@ def define_flags() -> None:
 
 def config_from_flags(FLAGS):
     from elasticvit_tf.search.budgets import LatencyBudgets
+    from elasticvit_tf.search.devices import parse_budget_lists
     from elasticvit_tf.search.search_lib import SearchConfig
 
     def floats(name, values):
@@ -60,6 +78,23 @@ def config_from_flags(FLAGS):
         except ValueError:
             raise ValueError(f"--{name}={','.join(values)}: expected numbers") from None
 
+    budget_text = ",".join(FLAGS.latency_budget_ms)
+    luts = [p for p in (FLAGS.latency_lut or "").split(",") if p.strip()]
+    single, per_device = LatencyBudgets(), ()
+    if len(luts) > 1:
+        per_device = parse_budget_lists(budget_text, len(luts))
+    elif ";" in budget_text:
+        raise ValueError(
+            f"--latency_budget_ms={budget_text}: ';' separates the budget lists of several "
+            f"LUTs, but --latency_lut names {len(luts)}; expected one comma list"
+        )
+    else:
+        single = LatencyBudgets.parse(FLAGS.latency_budget_ms, "--latency_budget_ms")
+    if FLAGS.device_names and len(luts) < 2:
+        raise ValueError(
+            f"--device_names={','.join(FLAGS.device_names)}: expected several --latency_lut "
+            "entries (one name per LUT)"
+        )
     mflops = None
     if FLAGS.mflops_range:
         mflops = floats("mflops_range", FLAGS.mflops_range)
@@ -70,7 +105,9 @@ def config_from_flags(FLAGS):
         space=FLAGS.space,
         latency_lut=FLAGS.latency_lut,
         latency_mode=FLAGS.latency_mode,
-        latency_budgets_ms=LatencyBudgets.parse(FLAGS.latency_budget_ms, "--latency_budget_ms"),
+        latency_budgets_ms=single,
+        device_budgets_ms=per_device,
+        device_names=tuple(FLAGS.device_names),
         mflops_range=mflops,
         max_trials=FLAGS.max_trials,
         population=FLAGS.population,
@@ -98,7 +135,11 @@ def command_line(config) -> str:
 
     def flag_values(c):
         renamed = {"latency_budgets_ms": "latency_budget_ms"}
-        return {renamed.get(k, k): v for k, v in c.to_dict().items()}
+        d = c.to_dict()
+        per_device = d.pop("device_budgets_ms")
+        if per_device:
+            d["latency_budgets_ms"] = ";".join(",".join(f"{b:g}" for b in g) for g in per_device)
+        return {renamed.get(k, k): v for k, v in d.items()}
 
     return cli.command(
         "elasticvit-search", flag_values(config), flag_values(SearchConfig()), always=("model_dir",)

@@ -177,7 +177,7 @@ def fake_lut(space: SearchSpace, mode: str = "fp32") -> dict:
 
     return {
         "format": "elasticvit-latency-lut",
-        "version": 1,
+        "version": 2,
         "space": space.name,
         "space_fingerprint": space.fingerprint(),
         "mode": mode,

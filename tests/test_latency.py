@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from elasticvit_tf import lut as lut_lib
 from elasticvit_tf.blocks import BlockKind, block_features, enumerate_blocks, plan
 from elasticvit_tf.flops import count_flops
 from elasticvit_tf.lut import LutLatencyPredictor, load_predictor
@@ -69,7 +70,7 @@ def _lut(space, mode="fp32", measured_every=3):
         }
     return {
         "format": "elasticvit-latency-lut",
-        "version": 1,
+        "version": lut_lib.VERSION,
         "space": space.name,
         "space_fingerprint": space.fingerprint(),
         "mode": mode,
@@ -122,7 +123,8 @@ def test_lut_refuses_other_space_and_other_mode(tmp_path):
     "mutate, match",
     [
         (lambda d: d.update(format="other"), "format"),
-        (lambda d: d.update(version=2), "version"),
+        (lambda d: d.update(version=3), "version"),
+        (lambda d: d.update(version=1), "version=1.*rebuild it with elasticvit-lut"),
         (lambda d: d.pop("models"), "missing"),
         (lambda d: d.update(mode="fp16"), "mode='fp16'"),
         (lambda d: d["entries"][0].pop("latency_ms"), r"entries\[0\]"),

@@ -60,8 +60,9 @@ def test_build_lut_writes_versioned_json_with_provenance(tmp_path, fake_device):
         with open(r["path"]) as f:
             d = json.load(f)
         assert d == json.loads(json.dumps(r["lut"]))
-        assert d["format"] == "elasticvit-latency-lut" and d["version"] == 1
+        assert d["format"] == "elasticvit-latency-lut" and d["version"] == 2
         assert d["space"] == "tiny" and d["space_fingerprint"] == space.fingerprint()
+        assert d["export_mode"] == {"fp32": "float32", "int8": "int8"}[mode]
         assert d["mode"] == mode
         prov = d["provenance"]
         for key in ("target", "runtime", "runtime_version", "num_threads", "warmup", "runs"):
@@ -90,6 +91,61 @@ def test_fit_recovers_a_linear_device_and_predicts_held_out_archs(fake_device):
     e = lut["entries"][0]
     sig = BlockSpec.from_dict(e["op"])
     assert e["latency_ms"] == pytest.approx(_fake_block_ms(sig))
+
+
+def test_measure_fraction_measures_a_share_and_predicts_the_rest(fake_device):
+    space = get_space("demo")
+    n = len(lut_builder.design_order(space))
+    lut = lut_builder.build_mode_lut(
+        space, "fp32", budget_s=1e6, num_calibration=3, measure_fraction=0.25
+    )
+    assert lut["design"] == {
+        "blocks_in_space": n,
+        "measured": len(lut["entries"]),
+        "measure_fraction": 0.25,
+    }
+    assert len(lut["entries"]) == int(np.ceil(0.25 * n)) == fake_device["op"]
+    # The models, fitted on the measured quarter only, price held-out blocks and archs.
+    assert all(m["cv_mape"] < 0.02 for m in lut["models"].values() if "cv_mape" in m)
+    assert "cv_mape" in lut["models"]["mbconv"]
+    pred = lut_lib.load_predictor(lut, space, "fp32")
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        a = space.sample(rng)
+        assert pred.predict(a) == pytest.approx(_fake_whole(space, a), rel=0.03)
+    with pytest.raises(ValueError, match="measure_fraction=0: expected a share in"):
+        lut_builder.build_lut(space, measure_fraction=0)
+
+
+def test_kind_scales_correct_what_isolated_blocks_miss(fake_device, monkeypatch):
+    """In whole subnets, transformer layers cost 1.3x their isolated time (cache effects):
+    the per-type correction, fitted on measured subnets only, recovers it."""
+    space = get_space("demo")
+
+    def measure_arch(space, arch, mode, cfg):
+        ms = sum(
+            _fake_block_ms(s) * (1.3 if s.kind is BlockKind.TRANSFORMER else 1.0)
+            for s in plan(space, arch)
+        )
+        return {"median_ms": ms + _OVERHEAD_MS + _INVOKE_MS}
+
+    monkeypatch.setattr(lut_builder, "measure_arch", measure_arch)
+    few = lut_builder.build_mode_lut(space, "fp32", budget_s=1e6, num_calibration=4)
+    assert few["kind_scales"] == {}  # too few subnets: no correction
+    lut = lut_builder.build_mode_lut(space, "fp32", budget_s=1e6, num_calibration=12)
+    assert lut["kind_scales"]["transformer"] == pytest.approx(1.3, abs=0.05)
+    assert lut["kind_scales"]["mbconv"] == pytest.approx(1.0, abs=0.05)
+    pred = lut_lib.load_predictor(lut, space)
+    old = lut_lib.load_predictor(dict(lut, kind_scales={}), space)
+    rng = np.random.default_rng(21)
+    errs, old_errs = [], []
+    for _ in range(20):
+        a = space.sample(rng)
+        true = measure_arch(space, a, "fp32", None)["median_ms"]
+        errs.append(abs(pred.predict(a) / true - 1))
+        old_errs.append(abs(old.predict(a) / true - 1))
+    assert max(errs) < 0.03 and np.mean(errs) < np.mean(old_errs)
+    assert lut_builder.refit_lut(lut, space)["kind_scales"] == pytest.approx(lut["kind_scales"])
 
 
 def test_fit_kind_model_exact_on_linear_data():
@@ -167,9 +223,32 @@ def test_file_name_and_bad_input():
         lut_builder.build_lut(space, clock="gpu")
 
 
+def _layer_types(model):
+    return [type(l).__name__ for l in model.layers if type(l).__name__ != "InputLayer"]
+
+
+def test_block_models_are_the_shipped_static_layers():
+    """Time what ships: the LUT's one-block models, chained over an arch's plan, hold the same
+    Keras layers in the same order as the extracted subnet (``extract_subnet``)."""
+    from elasticvit_tf.export.lut_blocks import build_arch_model, build_op_model
+
+    space = get_space("tiny")
+    for arch in (space.min_arch(), space.sample(np.random.default_rng(3))):
+        chained = []
+        for sig in plan(space, arch):
+            if sig.kind is BlockKind.TRANSITION and "Reshape" not in chained:
+                chained.append("Reshape")  # the map -> tokens reshape of the first stage
+            chained += _layer_types(build_op_model(sig))
+        shipped = build_arch_model(space, arch)
+        assert shipped.name.startswith("subnet_")
+        assert chained == _layer_types(shipped)
+
+
 @pytest.mark.slow
 def test_real_blocks_convert_builtin_only_and_time(tmp_path):
     from ai_edge_litert import schema_py_generated as schema
+
+    from elasticvit_tf.export import tflite as tflite_lib
 
     space = get_space("tiny")
     sigs = [
@@ -184,8 +263,9 @@ def test_real_blocks_convert_builtin_only_and_time(tmp_path):
         model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(tfl, 0))
         codes = {oc.builtinCode for oc in model.operatorCodes}
         assert schema.BuiltinOperator.CUSTOM not in codes
-        if mode == "int8":
+        if mode == "int8":  # the shipped mixed recipe: attention math stays float
             assert schema.BuiltinOperator.QUANTIZE in codes
+            assert "BATCH_MATMUL" in tflite_lib.float_op_types(tfl)
         cfg = lut_builder.MeasureConfig(warmup=2, runs=5, min_time_s=0.0, sessions=1)
         st = lut_builder.time_model(tfl, cfg)
         assert st["median_ms"] > 0 and st["robust_cv"] >= 0
@@ -199,7 +279,11 @@ def test_binary_bad_input_exits_2_with_one_line(tmp_path):
     import subprocess
     import sys
 
-    for flag, match in (("--space=nope", "unknown space 'nope'"), ("--modes=fp16", "mode='fp16'")):
+    for flag, match in (
+        ("--space=nope", "unknown space 'nope'"),
+        ("--modes=fp16", "mode='fp16'"),
+        ("--measure_fraction=0", "measure_fraction=0.0: expected a share in (0, 1]"),
+    ):
         r = subprocess.run(
             [
                 sys.executable,

@@ -466,15 +466,21 @@ class TransformerLayer(_Block):
             "transition": self.transition,
         }
 
+    def static_transition(self, x, side, width, name):
+        """The transition MBConv's static twin on tokens ``(B, side^2, cin)`` (layer 0 only):
+        to map, MBConv, to tokens; returns ``(tokens, side)``. Also the LUT's transition block
+        (``export/lut_blocks.py``)."""
+        cin, c = int(x.shape[-1]), int(width)
+        img = L.Reshape((side, side, cin), name=name + "_to_map")(x)
+        img = self.mbconv.to_static(img, c, name + "_transition", expand=self.transition_expand)
+        side = int(img.shape[1])
+        return L.Reshape((side * side, c), name=name + "_to_tokens")(img), side
+
     def to_static(self, x, side, width, mlp_ratio, v_scale, name):
         """``x``: tokens KerasTensor ``(B, side^2, cin)``; returns ``(tokens, side)``."""
         c, v, m = int(width), int(v_scale), int(mlp_ratio)
         if self.mbconv is not None:
-            cin = int(x.shape[-1])
-            img = L.Reshape((side, side, cin), name=name + "_to_map")(x)
-            img = self.mbconv.to_static(img, c, name + "_transition", expand=self.transition_expand)
-            side = int(img.shape[1])
-            x = L.Reshape((side * side, c), name=name + "_to_tokens")(img)
+            x, side = self.static_transition(x, side, c, name)
         heads, dq = c // self.head_dim, self.head_dim
         z = static_token_ln(x, self.ln1, name + "_ln1")
         qkv_w = _np(self.qkv_kernel(c, v))
