@@ -501,9 +501,14 @@ def checkpoint_manager(
 
 
 def checkpoint_has(path: str, entry: str) -> bool:
-    """Whether the checkpoint at ``path`` holds a top-level entry (``ema``, ``optimizer``...)."""
+    """Whether the checkpoint at ``path`` holds a top-level entry (``ema``, ``optimizer``...);
+    ``ValueError`` naming the files when the checkpoint is damaged."""
     prefix = entry + "/"
-    return any(name.startswith(prefix) for name, _ in tf.train.list_variables(path))
+    try:
+        names = [name for name, _ in tf.train.list_variables(path)]
+    except (tf.errors.OpError, IndexError, OSError, UnicodeDecodeError) as e:
+        raise ValueError(_damage(path, e)) from None
+    return any(name.startswith(prefix) for name in names)
 
 
 def read_sampler_state(model_dir: str) -> Optional[dict]:
