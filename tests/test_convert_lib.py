@@ -348,7 +348,7 @@ def test_binary_exit_codes(tmp_path):
     assert "converted" in r.stdout and (tmp_path / "ok" / "config.json").is_file()
     r = run(f"--checkpoint={flagfile}", f"--model_dir={tmp_path / 'no'}")
     assert r.returncode == 2
-    assert "flags.txt is not a readable PyTorch checkpoint" in r.stderr
+    assert "flags.txt is not a PyTorch checkpoint" in r.stderr
     assert not (tmp_path / "no").exists()
     r = run(f"--model_dir={tmp_path / 'no'}")
     assert r.returncode == 2 and "--checkpoint is required" in r.stderr
