@@ -283,10 +283,26 @@ def run_id(sampler: str, seed: int) -> str:
 
 def write_atomic(path: str, doc: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
     os.replace(tmp, path)
+
+
+def add_run(path: str, protocol: dict, eval_set: dict, rid: str, run: dict) -> dict:
+    """Adds one finished run to the JSON under an exclusive lock, re-reading the file first so
+    that shards running in parallel (``--runs``) keep each other's runs. Returns the document."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = open_doc(path, protocol, eval_set)
+        doc["runs"][rid] = run
+        doc["summary"] = summarize(doc)
+        doc["paired"] = doc["summary"]["paired"]
+        write_atomic(path, doc)
+    return doc
 
 
 def open_doc(path: str, protocol: dict, eval_set: dict) -> dict:
@@ -423,6 +439,12 @@ def parse_args(argv):
     p.add_argument("--samplers", default=None, help="comma list (default: the protocol's)")
     p.add_argument("--seeds", default=None, help="comma list (default: the protocol's)")
     p.add_argument("--steps", type=int, default=None, help="override (smoke runs only)")
+    p.add_argument(
+        "--runs",
+        default=None,
+        help="comma list of sampler/seedN runs this process does (default: all of the protocol's); "
+        "shards started in parallel with the same protocol share one JSON",
+    )
     p.add_argument("--out", default=None)
     p.add_argument("--work_dir", default=None)
     p.add_argument("--report_only", action="store_true")
@@ -441,6 +463,13 @@ def main(argv=None) -> int:
             if args.steps < 1:
                 raise ValueError(f"--steps={args.steps}; expected >= 1")
             protocol["steps"] = args.steps
+        all_runs = [run_id(m, s) for s in protocol["seeds"] for m in protocol["samplers"]]
+        only = [r for r in (args.runs or "").split(",") if r] or all_runs
+        bad = [r for r in only if r not in all_runs]
+        if bad:
+            raise ValueError(
+                f"--runs={args.runs}: {bad[0]} is not one of the protocol's {all_runs}"
+            )
     except ValueError as e:
         print(f"sampling_ablation: {e}", file=sys.stderr)
         return 2
@@ -478,6 +507,8 @@ def main(argv=None) -> int:
     for seed in protocol["seeds"]:
         for sampler in protocol["samplers"]:
             rid = run_id(sampler, seed)
+            if rid not in only:
+                continue
             if rid in doc["runs"]:
                 print(f"{rid}: done earlier, kept", flush=True)
                 continue
@@ -488,10 +519,7 @@ def main(argv=None) -> int:
                 host=platform.node(),
                 loadavg=os.getloadavg()[0],
             )
-            doc["runs"][rid] = run
-            doc["summary"] = summarize(doc)
-            doc["paired"] = doc["summary"]["paired"]
-            write_atomic(out, doc)
+            doc = add_run(out, protocol, eval_set, rid, run)
             print(
                 f"{rid}: trained {run['train_seconds']:.0f} s, evaluated "
                 f"{run['eval_seconds']:.0f} s; wrote {out}",
