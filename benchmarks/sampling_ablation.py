@@ -282,11 +282,9 @@ def run_id(sampler: str, seed: int) -> str:
 
 
 def write_atomic(path: str, doc: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
+    from elasticvit_tf.fileio import write_json_atomic
+
+    write_json_atomic(path, doc, indent=1)
 
 
 def add_run(path: str, protocol: dict, eval_set: dict, rid: str, run: dict) -> dict:

@@ -135,14 +135,18 @@ class ArchConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ArchConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"arch: malformed JSON ({e}); expected an object with resolution, "
-                "stem and stages"
-            ) from None
-        return cls.from_dict(d)
+        return cls.from_dict(parse_json(text))
+
+
+def parse_json(text: str, where: str = "arch") -> Any:
+    """``json.loads`` of arch JSON text; ValueError naming ``where`` when it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{where}: malformed JSON ({e.msg} at line {e.lineno}); expected an object with "
+            "resolution, stem and stages"
+        ) from None
 
 
 def _as_int(where: str, v: Any) -> int:

@@ -59,6 +59,28 @@ def command(
     return " ".join(args)
 
 
+def values_from_flags(
+    target: Any, flag_values: Any, only_present: bool = False, keep: Iterable[str] = ()
+) -> dict[str, Any]:
+    """``{name: value}`` of the flags named like the fields of the dataclass ``target`` (or the
+    parameters of the function ``target``): the one mapping from a binary's flags to its library
+    settings. ``only_present`` keeps only flags given on the command line (and those in ``keep``).
+    """
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(target):
+        names = [f.name for f in dataclasses.fields(target)]
+    else:
+        names = list(inspect.signature(target).parameters)
+    keep = set(keep)
+    return {
+        n: flag_values[n].value
+        for n in names
+        if n in flag_values and (not only_present or flag_values[n].present or n in keep)
+    }
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from elasticvit_tf.fileio import write_json_atomic
 from elasticvit_tf.space import SearchSpace, get_space
 
 EMA_KEY = "model_ema"
@@ -459,7 +460,9 @@ def convert_state_dict(
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".converting-", dir=parent)
     try:
         md.save_supernet(tmp, net, config)
-        md.write_json_atomic(os.path.join(tmp, "conversion.json"), report.to_dict())
+        write_json_atomic(
+            os.path.join(tmp, "conversion.json"), report.to_dict(), sort_keys=True, fsync=True
+        )
         _verify_written(tmp, net)
         if os.path.isdir(target):
             os.rmdir(target)  # empty (checked above); rename needs it gone or empty

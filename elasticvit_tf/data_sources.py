@@ -51,14 +51,23 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ArraySource:
-    """An in-memory data set: ``splits[name] = (images uint8 [N, H, W, C], labels int32 [N])``."""
+class _PairSource:
+    """Fields of the sources that hold each split as ``(items [N], labels int32 [N])``."""
 
     name: str
     class_names: tuple[str, ...]
     splits: dict
     channels: int
     flip: bool
+
+    def split_size(self, split: str) -> int:
+        return int(len(self.splits[split][1]))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySource(_PairSource):
+    """An in-memory data set: ``splits[name] = (images uint8 [N, H, W, C], labels int32 [N])``."""
+
     notices: tuple[str, ...] = ()
 
     @property
@@ -66,25 +75,14 @@ class ArraySource:
         images = self.splits["train"][0]
         return int(max(images.shape[1], images.shape[2]))
 
-    def split_size(self, split: str) -> int:
-        return int(len(self.splits[split][1]))
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class FileSource:
+class FileSource(_PairSource):
     """Image files on disk: ``splits[name] = (paths str [N], labels int32 [N])``."""
 
-    name: str
-    class_names: tuple[str, ...]
-    splits: dict
-    channels: int
-    flip: bool
     native_side: int
     skipped_corrupt: int
     notices: tuple[str, ...] = ()
-
-    def split_size(self, split: str) -> int:
-        return int(len(self.splits[split][1]))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -9,7 +9,6 @@ Examples:
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import flags
@@ -38,34 +37,10 @@ class UsageError(ValueError):
 
 def resolve_arch(value: str, space: space_lib.SearchSpace) -> arch_lib.ArchConfig:
     """Resolves a name, 'min'/'max' or a JSON path into an arch of ``space``."""
-    if value in ("min", "max"):
-        return space.min_arch() if value == "min" else space.max_arch()
-    if value in arch_lib.OFFICIAL_ENCODINGS:
-        if space.name != "elasticvit":
-            raise UsageError(
-                f"--arch={value} is a published model of space 'elasticvit', not '{space.name}'"
-            )
-        return space_lib.get_published_arch(value)
-    if value.endswith(".json") or os.path.sep in value or os.path.exists(value):
-        if not os.path.isfile(value):
-            raise UsageError(f"--arch={value}: no such file; expected an ArchConfig JSON file")
-        with open(value) as f:
-            text = f.read()
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UsageError(
-                f"--arch={value}: malformed JSON ({e.msg} at line {e.lineno}); expected an "
-                "object with resolution, stem and stages"
-            ) from None
-        try:
-            return space_lib.arch_from_json(data, space)
-        except ValueError as e:
-            raise UsageError(f"--arch={value}: {e}") from None
-    raise UsageError(
-        f"--arch={value!r} is neither a published model ({', '.join(arch_lib.PUBLISHED_MODEL_NAMES)}"
-        "), 'min'/'max', nor a path to an ArchConfig JSON file"
-    )
+    try:
+        return space_lib.resolve_arch(value, space)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def describe(space: space_lib.SearchSpace, a: arch_lib.ArchConfig, num_classes=None) -> dict:

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Optional, Union
 
 from elasticvit_tf.arch import ArchConfig
 from elasticvit_tf.blocks import BlockSpec, block_features, enumerate_blocks, plan
+from elasticvit_tf.fileio import write_json_atomic
 from elasticvit_tf.space import SearchSpace
 
 FORMAT = "elasticvit-latency-lut"
@@ -110,11 +111,8 @@ def file_name(space_name: str, target: str, mode: str, num_threads: int, date: s
 
 
 def save(lut: Mapping[str, Any], path: Union[str, os.PathLike]) -> None:
-    """Writes a LUT dict as JSON, atomically (temporary file, then ``os.replace``)."""
-    tmp = os.fspath(path) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(lut, f, indent=1)
-    os.replace(tmp, path)
+    """Writes a LUT dict as JSON, atomically."""
+    write_json_atomic(path, lut, indent=1)
 
 
 def load(

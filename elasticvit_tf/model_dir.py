@@ -34,13 +34,13 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from elasticvit_tf.fileio import write_json_atomic, write_text_atomic
 from elasticvit_tf.space import SearchSpace, get_space
 
 CONFIG_NAME = "config.json"
@@ -209,11 +209,7 @@ def trim_arch_log(model_dir: str, step: int) -> None:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] < step:
                 kept.append(line if line.endswith("\n") else line + "\n")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + ARCH_LOG_NAME, suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))
 
 
 class TrainingLock:
@@ -268,24 +264,6 @@ class TrainingLock:
 
 
 # ------------------------------------------------------------------------------- JSON
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes JSON to a temp file in the same directory, then renames it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path), suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_config(model_dir: str, config: dict) -> None:
     """Writes ``model_dir/config.json`` atomically.
 
@@ -305,7 +283,7 @@ def write_config(model_dir: str, config: dict) -> None:
         json.dumps(config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"config for {model_dir!r} is not JSON-serialisable: {e}") from None
-    write_json_atomic(config_path(model_dir), config)
+    write_json_atomic(config_path(model_dir), config, sort_keys=True, fsync=True)
 
 
 def read_config(model_dir: str) -> dict:

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -539,3 +540,39 @@ def arch_from_json(
     if space is not None and validate:
         space.validate_arch(arch)
     return arch
+
+
+def resolve_arch(
+    value: str, space: Optional[SearchSpace] = None, validate: bool = True
+) -> ArchConfig:
+    """The arch a command line names with ``--arch``: ``min``/``max`` of ``space``, a published
+    model (elastic_T1 ... elastic_L3), or the path of an arch JSON file in any layout that
+    ``arch_from_json`` reads. Validated against ``space`` when given and ``validate``.
+
+    Raises:
+        ValueError: one line naming the value and what was expected.
+    """
+    if value in ("min", "max"):
+        if space is None:
+            raise ValueError(f"--arch={value} needs a space; expected a published model or a file")
+        return space.min_arch() if value == "min" else space.max_arch()
+    if value in arch_lib.OFFICIAL_ENCODINGS:
+        if space is not None and validate and space.name != "elasticvit":
+            raise ValueError(
+                f"--arch={value} is a published model of space 'elasticvit', not '{space.name}'"
+            )
+        return get_published_arch(value)
+    if value.endswith(".json") or os.path.sep in value or os.path.exists(value):
+        if not os.path.isfile(value):
+            raise ValueError(f"--arch={value}: no such file; expected an ArchConfig JSON file")
+        with open(value) as f:
+            text = f.read()
+        data = arch_lib.parse_json(text, f"--arch={value}")
+        try:
+            return arch_from_json(data, space, validate)
+        except ValueError as e:
+            raise ValueError(f"--arch={value}: {e}") from None
+    raise ValueError(
+        f"--arch={value!r} is neither a published model ({', '.join(arch_lib.PUBLISHED_MODEL_NAMES)}"
+        "), 'min'/'max', nor a path to an ArchConfig JSON file"
+    )

@@ -25,6 +25,7 @@ from elasticvit_tf.export import benchmark as bench_lib
 from elasticvit_tf.export import quantize as quant_lib
 from elasticvit_tf.export import tflite as tflite_lib
 from elasticvit_tf.export import verify as verify_lib
+from elasticvit_tf.fileio import write_json_atomic
 
 REPORT_JSON = "export_report.json"
 REPORT_MD = "export_report.md"
@@ -108,23 +109,11 @@ class ExportConfig:
 
 
 def load_arch(value: str, space=None):
-    """An ArchConfig from a JSON file path or a published model name (an official 10-list
-    JSON file needs ``space``)."""
-    from elasticvit_tf.space import arch_from_json, get_published_arch
+    """An ArchConfig from a published model name or an arch JSON file (an official 10-list JSON
+    file needs ``space``); the caller validates it against the checkpoint's space."""
+    from elasticvit_tf.space import resolve_arch
 
-    if os.path.isfile(value):
-        with open(value) as f:
-            text = f.read()
-        try:
-            return arch_from_json(json.loads(text), space, validate=False)
-        except ValueError as err:  # JSONDecodeError included
-            raise ValueError(f"--arch file {value!r} is not an ArchConfig JSON: {err}") from None
-    try:
-        return get_published_arch(value)
-    except ValueError as err:
-        raise ValueError(
-            f"--arch {value!r} is neither an existing JSON file nor a published model: {err}"
-        ) from None
+    return resolve_arch(value, space, validate=False)
 
 
 def _build_from_model_dir(cfg: ExportConfig, log) -> tuple[Any, dict, Any]:
@@ -466,11 +455,11 @@ def run_benchmark_only(
         enable_op_profiling=enable_op_profiling,
     )
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        tmp = os.path.join(output_dir, ".benchmark_report.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"tflite": tflite_path, **res.to_dict()}, f, indent=2, default=str)
-        os.replace(tmp, os.path.join(output_dir, "benchmark_report.json"))
+        write_json_atomic(
+            os.path.join(output_dir, "benchmark_report.json"),
+            {"tflite": tflite_path, **res.to_dict()},
+            default=str,
+        )
     return res
 
 

@@ -72,31 +72,13 @@ def define_flags() -> None:
 
 
 def config_from_flags(FLAGS) -> ExportConfig:
-    return ExportConfig(
-        output_dir=FLAGS.output_dir,
-        model_dir=FLAGS.model_dir,
-        arch=FLAGS.arch,
-        space=FLAGS.space,
-        keras_model=FLAGS.keras_model,
-        data=FLAGS.data,
-        use_ema=FLAGS.use_ema,
-        quantize=tuple(FLAGS.quantize),
-        int8_io=FLAGS.int8_io,
-        int8_float_ops=None if FLAGS.int8_float_ops is None else tuple(FLAGS.int8_float_ops),
-        batch_size=FLAGS.batch_size,
-        representative_steps=FLAGS.representative_steps,
-        calibration_batches=FLAGS.calibration_batches,
-        verify_images=FLAGS.verify_images,
-        max_accuracy_drop=FLAGS.max_accuracy_drop,
-        qat_steps=FLAGS.qat_steps,
-        num_threads=FLAGS.num_threads,
-        target=FLAGS.target,
-        benchmark_model_path=FLAGS.benchmark_model_path,
-        enable_op_profiling=FLAGS.enable_op_profiling,
-        warmup_runs=FLAGS.warmup_runs,
-        benchmark_runs=FLAGS.benchmark_runs,
-        seed=FLAGS.seed,
-    )
+    from elasticvit_tf import cli
+
+    values = cli.values_from_flags(ExportConfig, FLAGS)
+    values["quantize"] = tuple(FLAGS.quantize)
+    if FLAGS.int8_float_ops is not None:
+        values["int8_float_ops"] = tuple(FLAGS.int8_float_ops)
+    return ExportConfig(**values)
 
 
 def command_line(config: ExportConfig) -> str:

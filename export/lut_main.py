@@ -74,21 +74,9 @@ def main(argv) -> int:
             "platform-tools or use --target=local"
         )
     try:
-        out = lut_builder.build_lut(
-            space,
-            modes=FLAGS.modes,
-            target=FLAGS.target,
-            num_threads=FLAGS.num_threads,
-            budget_s=FLAGS.budget_s,
-            output_path=FLAGS.output_dir,
-            warmup=FLAGS.warmup,
-            runs=FLAGS.runs,
-            num_calibration=FLAGS.num_calibration,
-            seed=FLAGS.seed,
-            benchmark_model_path=FLAGS.benchmark_model_path,
-            clock=FLAGS.clock,
-            measure_fraction=FLAGS.measure_fraction,
-        )
+        values = cli.values_from_flags(lut_builder.build_lut, FLAGS)
+        values.pop("space", None)  # the --space name, resolved above
+        out = lut_builder.build_lut(space, output_path=FLAGS.output_dir, **values)
     except benchmark.AdbError as e:  # adb missing or the device unreachable: exit 2
         raise cli.UsageError(str(e)) from None
     for mode, r in out.items():

@@ -110,11 +110,7 @@ def _custom_layers() -> dict[str, Any]:
 
     tf = _tf()
     # TensorFlow-only maths shared with the Keras 3 layers (no Keras 3 import)
-    from elasticvit_tf.layers.static_ops import (
-        relative_position_index,
-        relpos_attention,
-        token_layer_norm,
-    )
+    from elasticvit_tf.layers.static_ops import RelPosAttentionCore, TokenLayerNormCore
 
     class TfActivation(tf_keras.layers.Layer):
         def __init__(self, activation="linear", **kwargs):
@@ -175,55 +171,11 @@ def _custom_layers() -> dict[str, Any]:
                 "constants": self.constants,
             }
 
-    class TokenLayerNorm(tf_keras.layers.Layer):
+    class TokenLayerNorm(TokenLayerNormCore, tf_keras.layers.Layer):
         """Twin of elasticvit_tf.layers.static_layers.TokenLayerNorm."""
 
-        def __init__(self, epsilon=1e-5, **kwargs):
-            super().__init__(**kwargs)
-            self.epsilon = float(epsilon)
-
-        def build(self, input_shape):
-            c = (int(input_shape[-1]),)
-            self.gamma = self.add_weight(name="gamma", shape=c, initializer="ones")
-            self.beta = self.add_weight(name="beta", shape=c, initializer="zeros")
-            self.built = True
-
-        def call(self, x):
-            return token_layer_norm(x, self.gamma, self.beta, self.epsilon)
-
-        def get_config(self):
-            return {**super().get_config(), "epsilon": self.epsilon}
-
-    class RelPosAttention(tf_keras.layers.Layer):
+    class RelPosAttention(RelPosAttentionCore, tf_keras.layers.Layer):
         """Twin of elasticvit_tf.layers.static_layers.RelPosAttention."""
-
-        def __init__(self, num_heads=1, key_dim=16, value_dim=16, side=1, **kwargs):
-            super().__init__(**kwargs)
-            self.num_heads = int(num_heads)
-            self.key_dim = int(key_dim)
-            self.value_dim = int(value_dim)
-            self.side = int(side)
-
-        def build(self, input_shape=None):
-            h, dv, s = self.num_heads, self.value_dim, self.side
-            self.dw_kernel = self.add_weight(name="dw_kernel", shape=(3, 3, h * dv, 1))
-            self.attention_bias = self.add_weight(
-                name="attention_bias", shape=((2 * s - 1) ** 2, h)
-            )
-            self._index = relative_position_index(s, s)
-            self.built = True
-
-        def call(self, t):
-            return relpos_attention(self, t)
-
-        def get_config(self):
-            return {
-                **super().get_config(),
-                "num_heads": self.num_heads,
-                "key_dim": self.key_dim,
-                "value_dim": self.value_dim,
-                "side": self.side,
-            }
 
     return {
         "TfActivation": TfActivation,

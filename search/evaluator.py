@@ -13,20 +13,22 @@ workers of a distributed search never write the same file.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
 import os
-import tempfile
 from typing import Any, Callable, Iterable, Optional
 
 from elasticvit_tf.arch import ArchConfig
+from elasticvit_tf.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 CACHE_PREFIX = "eval_cache_"
 
 
+@dataclasses.dataclass(eq=False)
 class SubnetEvaluator:
     """Top-1 of subnets of a trained supernet (docs/method.md#bn-recalibration, search variant).
 
@@ -45,27 +47,20 @@ class SubnetEvaluator:
         slot: the arch slot of the supernet used for evaluation.
     """
 
-    def __init__(
-        self,
-        net,
-        calibration_data,
-        eval_data,
-        calibration_batches: int = 65,
-        eval_batches: Optional[int] = None,
-        slot: int = 0,
-    ):
-        if not isinstance(calibration_batches, int) or calibration_batches < 0:
-            raise ValueError(
-                f"calibration_batches={calibration_batches!r}: expected an integer >= 0"
-            )
-        if eval_batches is not None and (not isinstance(eval_batches, int) or eval_batches < 1):
-            raise ValueError(f"eval_batches={eval_batches!r}: expected None or an integer >= 1")
-        self.net = net
-        self.calibration_data = calibration_data
-        self.eval_data = eval_data
-        self.calibration_batches = calibration_batches
-        self.eval_batches = eval_batches
-        self.slot = slot
+    net: Any
+    calibration_data: Any
+    eval_data: Any
+    calibration_batches: int = 65
+    eval_batches: Optional[int] = None
+    slot: int = 0
+
+    def __post_init__(self):
+        n = self.calibration_batches
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"calibration_batches={n!r}: expected an integer >= 0")
+        n = self.eval_batches
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise ValueError(f"eval_batches={n!r}: expected None or an integer >= 1")
 
     def evaluate(self, arch: ArchConfig) -> float:
         """Sets ``arch``, recalibrates BN, returns top-1 (a fraction in [0, 1]); the supernet
@@ -81,18 +76,6 @@ class SubnetEvaluator:
         )
 
     __call__ = evaluate
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class EvalCache:
@@ -138,7 +121,9 @@ class EvalCache:
     def put(self, key: str, result: dict) -> None:
         self._own[key] = dict(result)
         self._all[key] = dict(result)
-        _write_json_atomic(self.path, {"meta": self.meta, "results": self._own})
+        write_json_atomic(
+            self.path, {"meta": self.meta, "results": self._own}, indent=1, sort_keys=True
+        )
 
     def __len__(self) -> int:
         return len(self._all)
@@ -147,16 +132,22 @@ class EvalCache:
         return key in self._all
 
 
+def arch_fn(obj: Any, method: str, what: str, result: str) -> Callable[[ArchConfig], float]:
+    """``obj.<method>`` when ``obj`` has it, else ``obj`` itself when callable (``arch ->
+    result``); ValueError naming ``what`` otherwise."""
+    if hasattr(obj, method):
+        return getattr(obj, method)
+    if callable(obj):
+        return obj
+    raise ValueError(
+        f"{what}: expected an object with {method}(arch) -> {result} or a callable, got "
+        f"{type(obj).__name__}"
+    )
+
+
 def as_evaluate_fn(evaluator) -> Callable[[ArchConfig], float]:
     """An evaluator object (``.evaluate``) or a plain callable ``arch -> top1``."""
-    if hasattr(evaluator, "evaluate"):
-        return evaluator.evaluate
-    if callable(evaluator):
-        return evaluator
-    raise ValueError(
-        f"evaluator: expected an object with evaluate(arch) -> top1 or a callable, got "
-        f"{type(evaluator).__name__}"
-    )
+    return arch_fn(evaluator, "evaluate", "evaluator", "top1")
 
 
 def archs_in(obj: Any) -> Iterable[ArchConfig]:

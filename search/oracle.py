@@ -17,11 +17,9 @@ project resumes it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import tempfile
 from typing import Any, Callable, Optional, Sequence, Union
 
 import keras_tuner
@@ -29,9 +27,11 @@ import numpy as np
 from keras_tuner.engine.trial import TrialStatus
 
 from elasticvit_tf.arch import ArchConfig, StageArch, StemArch
+from elasticvit_tf.fileio import write_json_atomic
 from elasticvit_tf.flops import count_flops
 from elasticvit_tf.search import hyperparameters as hp_lib
 from elasticvit_tf.search.budgets import LatencyBudgets
+from elasticvit_tf.search.evaluator import arch_fn
 from elasticvit_tf.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -42,16 +42,7 @@ _DONE = (TrialStatus.COMPLETED, TrialStatus.FAILED)
 
 
 def _predict_fn(predictor: Optional[Predictor]) -> Optional[Callable[[ArchConfig], float]]:
-    if predictor is None:
-        return None
-    if hasattr(predictor, "predict"):
-        return predictor.predict
-    if callable(predictor):
-        return predictor
-    raise ValueError(
-        f"predictor: expected an object with predict(arch) -> ms or a callable, got "
-        f"{type(predictor).__name__}"
-    )
+    return None if predictor is None else arch_fn(predictor, "predict", "predictor", "ms")
 
 
 def _check_mflops_range(mflops_range) -> Optional[tuple[float, float]]:
@@ -103,20 +94,6 @@ def check_feasible(
                 f"mflops_range=({window[0]:g}, {window[1]:g}) does not overlap the FLOPs of "
                 f"space '{space.name}': expected a window inside [{fmin:.4g}, {fmax:.4g}] MFLOPs"
             )
-
-
-def _atomic_write_json(path: str, obj: Any) -> None:
-    """Write-then-rename so a process killed mid-write never leaves a truncated JSON."""
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj))  # one dumps() is several times faster than dump() to a file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class ConstrainedOracleBase(keras_tuner.Oracle):
@@ -312,11 +289,11 @@ class ConstrainedOracleBase(keras_tuner.Oracle):
         self.save()
 
     def save(self):
-        _atomic_write_json(self._get_oracle_fname(), self.get_state())
+        write_json_atomic(self._get_oracle_fname(), self.get_state(), indent=None)
 
     def _save_trial(self, trial):
         path = os.path.join(self._get_trial_dir(trial.trial_id), "trial.json")
-        _atomic_write_json(path, trial.get_state())
+        write_json_atomic(path, trial.get_state(), indent=None)
 
     def reload(self):
         """Base reload, then repair what a kill between two file writes can leave behind.
@@ -580,25 +557,11 @@ class ConstrainedEvolutionOracle(ConstrainedOracleBase):
         stem = StemArch(w.stem.width, d.stem.depth, k.stem.kernel)
         stages = []
         for idx, st in enumerate(self.space.stages):
-            width, depth = w.stages[idx].width, d.stages[idx].depth
             if st.is_transformer:
-                stages.append(
-                    StageArch(
-                        width,
-                        depth,
-                        mlp_ratio=m.stages[idx].mlp_ratio,
-                        v_scale=v.stages[idx].v_scale,
-                    )
-                )
+                rest = dict(mlp_ratio=m.stages[idx].mlp_ratio, v_scale=v.stages[idx].v_scale)
             else:
-                stages.append(
-                    StageArch(
-                        width,
-                        depth,
-                        expand_ratio=e.stages[idx].expand_ratio,
-                        kernel=k.stages[idx].kernel,
-                    )
-                )
+                rest = dict(expand_ratio=e.stages[idx].expand_ratio, kernel=k.stages[idx].kernel)
+            stages.append(StageArch(w.stages[idx].width, d.stages[idx].depth, **rest))
         return ArchConfig(res.resolution, stem, tuple(stages))
 
     # ------------------------------------------------------------------------------ state

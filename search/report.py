@@ -12,11 +12,11 @@ and ``elasticvit-export`` read the ``arch`` entry). Without a latency budget the
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Optional, Sequence
 
+from elasticvit_tf.fileio import write_json_atomic
 from elasticvit_tf.search import hyperparameters as hp_lib
 from elasticvit_tf.search.budgets import LatencyBudgets
 from elasticvit_tf.search.pareto import pareto_front
@@ -63,14 +63,6 @@ def best_for_budget(records: Sequence[dict], budget_ms: Optional[float]) -> Opti
     if not fits:
         return None
     return min(fits, key=lambda r: (-r["top1"], r["latency_ms"], r["trial_id"]))
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _best_arch(rec: dict, budget_ms, latency_mode, space: SearchSpace, extra=None) -> dict:
@@ -160,7 +152,7 @@ def write_reports(
     front_ids = {records[i]["trial_id"] for i in front_idx}
     points = [dict(r, on_front=r["trial_id"] in front_ids) for r in records]
     paths["pareto.json"] = os.path.join(output_dir, "pareto.json")
-    _write_json(
+    write_json_atomic(
         paths["pareto.json"],
         {
             **_pareto_header(space, latency_mode, _x_axis(latency_mode)[0]),
@@ -177,7 +169,7 @@ def write_reports(
             continue
         name = f"best_arch_{LatencyBudgets.tag(b)}.json"
         paths[name] = os.path.join(output_dir, name)
-        _write_json(paths[name], _best_arch(rec, b, latency_mode, space))
+        write_json_atomic(paths[name], _best_arch(rec, b, latency_mode, space))
 
     x_label = _x_axis(latency_mode)[1]
     paths["pareto.png"] = os.path.join(output_dir, "pareto.png")
@@ -280,7 +272,7 @@ def write_device_reports(
             name = f"best_arch_{d.name}_{tag}.json"
             paths[name] = os.path.join(output_dir, name)
             extra = {"device": d.name, "lut": d.lut_path}
-            _write_json(paths[name], _best_arch(rec, b, latency_mode, space, extra))
+            write_json_atomic(paths[name], _best_arch(rec, b, latency_mode, space, extra))
         section[d.name] = {
             "lut": d.lut_path,
             "budgets_ms": d.budgets.to_list(),
@@ -291,7 +283,7 @@ def write_device_reports(
         dict(r, on_front={n: r["trial_id"] in set(f) for n, f in fronts.items()}) for r in records
     ]
     paths["pareto.json"] = os.path.join(output_dir, "pareto.json")
-    _write_json(
+    write_json_atomic(
         paths["pareto.json"],
         {
             **_pareto_header(

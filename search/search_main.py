@@ -68,6 +68,7 @@ def define_flags() -> None:
 
 
 def config_from_flags(FLAGS):
+    from elasticvit_tf import cli
     from elasticvit_tf.search.budgets import LatencyBudgets
     from elasticvit_tf.search.devices import parse_budget_lists
     from elasticvit_tf.search.search_lib import SearchConfig
@@ -101,29 +102,14 @@ def config_from_flags(FLAGS):
         if len(mflops) != 2:
             raise ValueError(f"--mflops_range={FLAGS.mflops_range}: expected lo,hi")
     return SearchConfig(
-        model_dir=FLAGS.model_dir,
-        space=FLAGS.space,
-        latency_lut=FLAGS.latency_lut,
-        latency_mode=FLAGS.latency_mode,
-        latency_budgets_ms=single,
-        device_budgets_ms=per_device,
-        device_names=tuple(FLAGS.device_names),
-        mflops_range=mflops,
-        max_trials=FLAGS.max_trials,
-        population=FLAGS.population,
-        parents=FLAGS.parents,
-        mutation_prob=FLAGS.mutation_prob,
-        depth_mutation_prob=FLAGS.depth_mutation_prob,
-        seed=FLAGS.seed,
-        directory=FLAGS.directory,
-        project_name=FLAGS.project_name,
-        output_dir=FLAGS.output_dir,
-        calibration_batches=FLAGS.calibration_batches,
-        eval_batches=FLAGS.eval_batches or None,
-        batch_size=FLAGS.batch_size,
-        oracle=FLAGS.oracle,
-        use_memory_banks=FLAGS.use_memory_banks,
-        overwrite=FLAGS.overwrite,
+        **{
+            **cli.values_from_flags(SearchConfig, FLAGS),
+            "latency_budgets_ms": single,
+            "device_budgets_ms": per_device,
+            "device_names": tuple(FLAGS.device_names),
+            "mflops_range": mflops,
+            "eval_batches": FLAGS.eval_batches or None,
+        }
     )
 
 

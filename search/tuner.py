@@ -20,10 +20,11 @@ from typing import Optional
 from keras_tuner.engine import base_tuner
 
 from elasticvit_tf import cli
+from elasticvit_tf.fileio import write_json_atomic
 from elasticvit_tf.flops import count_flops
 from elasticvit_tf.search import hyperparameters as hp_lib
 from elasticvit_tf.search.evaluator import EvalCache, as_evaluate_fn
-from elasticvit_tf.search.oracle import _atomic_write_json, _predict_fn
+from elasticvit_tf.search.oracle import _predict_fn
 from elasticvit_tf.space import SearchSpace
 
 
@@ -106,4 +107,4 @@ class SupernetTuner(base_tuner.BaseTuner):
     def save(self):
         if not self._is_worker():
             self.oracle.save()
-        _atomic_write_json(self._get_tuner_fname(), self.get_state())
+        write_json_atomic(self._get_tuner_fname(), self.get_state(), indent=None)

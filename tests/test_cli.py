@@ -27,6 +27,36 @@ def test_command_leaves_defaults_out_but_keeps_always():
     assert shlex.split(cmd) == ["x", "--out=o", "--lr=0.004", '--kw={"a": 2, "b": 1}']
 
 
+def test_values_from_flags_maps_fields_and_parameters_by_name():
+    import dataclasses
+
+    from absl import flags as absl_flags
+
+    fv = absl_flags.FlagValues()
+    absl_flags.DEFINE_integer("steps", 10, "", flag_values=fv)
+    absl_flags.DEFINE_string("out", "o", "", flag_values=fv)
+    absl_flags.DEFINE_bool("unrelated", False, "", flag_values=fv)
+    fv(["prog", "--steps=3"])
+
+    @dataclasses.dataclass
+    class Config:
+        steps: int = 1
+        out: str = ""
+        no_flag: float = 0.5
+
+    assert cli.values_from_flags(Config, fv) == {"steps": 3, "out": "o"}
+    assert cli.values_from_flags(Config, fv, only_present=True) == {"steps": 3}
+    assert cli.values_from_flags(Config, fv, only_present=True, keep=("out",)) == {
+        "steps": 3,
+        "out": "o",
+    }
+
+    def build(space, out="x", steps=2, log=print):
+        return space
+
+    assert cli.values_from_flags(build, fv) == {"out": "o", "steps": 3}
+
+
 # ------------------------------------------------------------------------------- running
 def test_check_output_dir_refuses_files_and_uncreatable_paths_writing_nothing(tmp_path):
     f = tmp_path / "a_file"

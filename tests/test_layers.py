@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from testing import assert_layer_roundtrip
 
-from elasticvit_tf.layers import static_layers
+from elasticvit_tf.layers import static_layers, static_ops
 from elasticvit_tf.layers.dynamic_blocks import (
     ClassifierHead,
     FirstConv,
@@ -129,11 +129,11 @@ def test_avg_pool_shortcut_odd_side_count_include_pad():
 
 
 def test_relative_position_index():
-    idx = static_layers.relative_position_index(2, 3)
+    idx = static_ops.relative_position_index(2, 3)
     # R=3: (dy + 2) * 5 + (dx + 2); tokens (0,0),(0,1),(1,0),(1,1)
     assert idx[0, 0] == 12 and idx[0, 1] == 11 and idx[0, 3] == 6 and idx[3, 0] == 18
     with pytest.raises(ValueError, match="side=4"):
-        static_layers.relative_position_index(4, 3)
+        static_ops.relative_position_index(4, 3)
 
 
 def test_torch_bicubic_golden_and_identity():

@@ -7,6 +7,8 @@ graphs are the same by construction. Imports TensorFlow and NumPy only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
@@ -58,3 +60,76 @@ def relpos_attention(layer, t):
     attn = tf.nn.softmax(attn, axis=-1)
     o = tf.transpose(tf.matmul(attn, v), [0, 2, 1, 3])
     return tf.reshape(o, [-1, n, h * dv])
+
+
+class TokenLayerNormCore:
+    """The body of the static token x channel LayerNorm layer, mixed into a ``Layer`` class of
+    Keras 3 (``static_layers.TokenLayerNorm``) or of tf_keras (the QAT worker's twin).
+
+    Args:
+        epsilon: variance epsilon.
+    """
+
+    def __init__(self, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        c = (int(input_shape[-1]),)
+        self.gamma = self.add_weight(name="gamma", shape=c, initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=c, initializer="zeros")
+        self.built = True
+
+    def call(self, x):
+        return token_layer_norm(x, self.gamma, self.beta, self.epsilon)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+class RelPosAttentionCore:
+    """The body of the static relative-position attention layer (``relpos_attention``), mixed
+    into a ``Layer`` class of Keras 3 or tf_keras. ``bias_initializer`` is the attention bias
+    table's initializer (the Keras 3 layer sets the official truncated normal).
+
+    Args:
+        num_heads: heads H.
+        key_dim: per-head q/k dim.
+        value_dim: per-head v dim.
+        side: token-map side.
+    """
+
+    bias_initializer: Any = "zeros"
+
+    def __init__(self, num_heads=1, key_dim=16, value_dim=16, side=1, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.key_dim = int(key_dim)
+        self.value_dim = int(value_dim)
+        self.side = int(side)
+
+    def build(self, input_shape=None):
+        h, dv, s = self.num_heads, self.value_dim, self.side
+        self.dw_kernel = self.add_weight(
+            name="dw_kernel", shape=(3, 3, h * dv, 1), initializer="glorot_uniform"
+        )
+        self.attention_bias = self.add_weight(
+            name="attention_bias", shape=((2 * s - 1) ** 2, h), initializer=self.bias_initializer
+        )
+        self._index = relative_position_index(s, s)
+        self.built = True
+
+    def call(self, t):
+        return relpos_attention(self, t)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "key_dim": self.key_dim,
+            "value_dim": self.value_dim,
+            "side": self.side,
+        }

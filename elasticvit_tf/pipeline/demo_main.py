@@ -49,27 +49,12 @@ def define_flags() -> None:
 
 
 def config_from_flags(FLAGS):
+    from elasticvit_tf import cli
     from elasticvit_tf.pipeline.demo_config import DemoConfig
     from elasticvit_tf.search.budgets import LatencyBudgets
 
     budgets = LatencyBudgets.parse(FLAGS.budgets_ms, "--budgets_ms")
-    return DemoConfig(
-        output_dir=FLAGS.output_dir,
-        quick=FLAGS.quick,
-        dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        seed=FLAGS.seed,
-        train_minutes=FLAGS.train_minutes,
-        train_steps=FLAGS.train_steps,
-        max_train_examples=FLAGS.max_train_examples,
-        max_trials=FLAGS.max_trials,
-        budgets_ms=budgets,
-        lut_budget_s=FLAGS.lut_budget_s,
-        resume=FLAGS.resume,
-        num_threads=FLAGS.num_threads,
-        lut_clock=FLAGS.lut_clock,
-        verbose=FLAGS.verbose,
-    )
+    return DemoConfig(**{**cli.values_from_flags(DemoConfig, FLAGS), "budgets_ms": budgets})
 
 
 def main(argv) -> int:

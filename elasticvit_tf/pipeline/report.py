@@ -10,11 +10,11 @@ percentages with 2 decimals, milliseconds with 3), so the two can be checked aga
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from typing import Any, Optional
 
+from elasticvit_tf.fileio import write_json_atomic, write_text_atomic
 from elasticvit_tf.search.budgets import LatencyBudgets
 
 GOAL_LARGEST_TOP1 = 85.0  # percent, Fashion-MNIST test top-1 of the largest chosen subnet
@@ -433,13 +433,8 @@ def write_report(ctx: dict) -> dict:
         report["files"]["pareto_png"] = None
     if not plot_training_curve(layout.curve_png, ctx["curves"]):
         report["files"]["training_curve_png"] = None
-    tmp = layout.report_json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, layout.report_json)
-    with open(layout.report_md, "w") as f:
-        f.write(markdown(report))
+    write_json_atomic(layout.report_json, report, default=_json_default)
+    write_text_atomic(layout.report_md, markdown(report))
     return report
 
 

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from elasticvit_tf.fileio import write_json_atomic
 from elasticvit_tf.pipeline.demo_config import DemoConfig
 
 LATENCY_MODE = "fp32"
@@ -30,15 +31,6 @@ def fingerprint(obj: Any) -> str:
     """Short stable hash of a JSON-able object (stage inputs)."""
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _write_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _read_json(path: str) -> Optional[dict]:
@@ -131,13 +123,14 @@ def run_stage(layout, name, fp, resume, fn, log=print) -> tuple[dict, float, boo
         for path in layout.stage_outputs(name):
             if os.path.isdir(path):
                 shutil.rmtree(path)
-    _write_json(layout.stage_file(name), {"fingerprint": fp, "status": "running"})
+    write_json_atomic(layout.stage_file(name), {"fingerprint": fp, "status": "running"})
     t0 = time.monotonic()
     result = fn()
     seconds = time.monotonic() - t0
-    _write_json(
+    write_json_atomic(
         layout.stage_file(name),
         {"fingerprint": fp, "status": "done", "seconds": seconds, "result": result},
+        default=str,
     )
     return result, seconds, False
 

@@ -207,7 +207,7 @@ class ComplexityAwareSampler(Sampler):
             seed,
             self.bound,
             self.min_archs[i],
-            self.cache_dir,
+            cache_dir=self.cache_dir,
             build=build,
         )
 

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import pathlib
-import tempfile
 import time
 import zipfile
 from typing import Any, Optional, Sequence, Union
@@ -56,6 +56,7 @@ from elasticvit_tf.blocks import (
     stage_macs,
     stem_macs,
 )
+from elasticvit_tf.fileio import write_atomic
 from elasticvit_tf.space import SearchSpace
 
 DEFAULT_TABLE_SIZE = 2000
@@ -389,17 +390,25 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(root) / "flops_tables"
 
 
-def _table_key(space: SearchSpace, level, bound, size, seed, min_arch) -> dict[str, Any]:
-    bound = space.level_bound if bound is None else float(bound)
-    min_arch = space.select_min_arch(level) if min_arch is None else min_arch
+_BUILD_ARGS = inspect.signature(build_table)  # the one owner of a table's arguments
+
+
+def _table_key(space: SearchSpace, level: float, *key: Any, **key_kw: Any) -> dict[str, Any]:
+    """The identity of a table: ``build_table``'s arguments (defaults applied) bar the build
+    limits, with the bin and min arch resolved."""
+    args = _BUILD_ARGS.bind(space, level, *key, **key_kw)
+    args.apply_defaults()
+    a = args.arguments
+    bound = space.level_bound if a["bound"] is None else float(a["bound"])
+    min_arch = space.select_min_arch(level) if a["min_arch"] is None else a["min_arch"]
     return {
         "space": space.name,
         "fingerprint": space.fingerprint(),
         "level": float(level),
         "lo": float(level),
         "hi": float(level) + 2 * bound,
-        "size": int(size),
-        "seed": int(seed),
+        "size": int(a["size"]),
+        "seed": int(a["seed"]),
         "min_arch": min_arch.key(),
     }
 
@@ -407,32 +416,22 @@ def _table_key(space: SearchSpace, level, bound, size, seed, min_arch) -> dict[s
 def table_path(
     space: SearchSpace,
     level: float,
-    size: int = DEFAULT_TABLE_SIZE,
-    seed: int = DEFAULT_TABLE_SEED,
-    bound: Optional[float] = None,
-    min_arch: Optional[ArchConfig] = None,
+    *key: Any,
     cache_dir: Union[str, os.PathLike, None] = None,
+    **key_kw: Any,
 ) -> pathlib.Path:
-    """Cache file of a table: keyed by space fingerprint, level, bin, size, seed, min arch."""
-    key = _table_key(space, level, bound, size, seed, min_arch)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    """Cache file of a table: keyed by space fingerprint, level, bin, size, seed, min arch
+    (``key``/``key_kw``: ``build_table``'s ``size, seed, bound, min_arch``)."""
+    k = _table_key(space, level, *key, **key_kw)
+    digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:12]
     root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / f"{space.name}-{key['fingerprint']}-F{level:g}-n{size}-{digest}.npz"
+    return root / f"{space.name}-{k['fingerprint']}-F{level:g}-n{k['size']}-{digest}.npz"
 
 
 def save_table(table: FlopsTable, path: Union[str, os.PathLike]) -> None:
     """Atomic write (temporary file in the same folder, then ``os.replace``)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, archs=table.archs, metadata=np.asarray(json.dumps(table.metadata())))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    meta = np.asarray(json.dumps(table.metadata()))
+    write_atomic(path, lambda f: np.savez(f, archs=table.archs, metadata=meta), binary=True)
 
 
 def load_table(path: Union[str, os.PathLike], space: SearchSpace) -> FlopsTable:
@@ -466,18 +465,17 @@ def load_table(path: Union[str, os.PathLike], space: SearchSpace) -> FlopsTable:
 def get_table(
     space: SearchSpace,
     level: float,
-    size: int = DEFAULT_TABLE_SIZE,
-    seed: int = DEFAULT_TABLE_SEED,
-    bound: Optional[float] = None,
-    min_arch: Optional[ArchConfig] = None,
+    *key: Any,
     cache_dir: Union[str, os.PathLike, None] = None,
     build: bool = True,
+    **key_kw: Any,
 ) -> Optional[FlopsTable]:
     """The cached table if present, else builds and caches it (``build=True``) or None.
 
-    A corrupt cache file is rebuilt (and overwritten atomically).
+    ``key``/``key_kw`` are ``build_table``'s ``size, seed, bound, min_arch`` (they key the cache
+    file, see ``table_path``). A corrupt cache file is rebuilt (and overwritten atomically).
     """
-    path = table_path(space, level, size, seed, bound, min_arch, cache_dir)
+    path = table_path(space, level, *key, cache_dir=cache_dir, **key_kw)
     if path.exists():
         try:
             return load_table(path, space)
@@ -486,6 +484,6 @@ def get_table(
                 return None
     if not build:
         return None
-    table = build_table(space, level, size, seed, bound, min_arch)
+    table = build_table(space, level, *key, **key_kw)
     save_table(table, path)
     return table

@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from elasticvit_tf import cli
-from elasticvit_tf.model_dir import ema_source_variables, write_json_atomic
+from elasticvit_tf.fileio import write_json_atomic
+from elasticvit_tf.model_dir import ema_source_variables
 
 
 @dataclasses.dataclass
@@ -363,7 +364,7 @@ def _append_eval(path: str, record: dict) -> None:
     data["records"] = [r for r in data.get("records", []) if r.get("step") != record["step"]]
     data["records"].append(record)
     data["latest"] = record
-    write_json_atomic(path, data)
+    write_json_atomic(path, data, sort_keys=True, fsync=True)
 
 
 class CheckpointCallback(keras.callbacks.Callback):

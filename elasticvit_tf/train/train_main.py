@@ -90,18 +90,15 @@ def define_flags() -> None:
 
 def config_from_flags():
     """Builds the ``TrainConfig``: the preset, then every flag given on the command line."""
+    from elasticvit_tf import cli
     from elasticvit_tf.train.train_lib import TrainConfig
 
     if FLAGS.preset not in ("none", "demo"):
         raise ValueError(f"unknown --preset {FLAGS.preset!r}; expected none or demo")
     base = TrainConfig.demo() if FLAGS.preset == "demo" else TrainConfig()
-    values = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in FLAGS:
-            continue
-        if FLAGS.preset != "none" and not FLAGS[f.name].present and f.name != "model_dir":
-            continue
-        values[f.name] = FLAGS[f.name].value
+    values = cli.values_from_flags(
+        TrainConfig, FLAGS, only_present=FLAGS.preset != "none", keep=("model_dir",)
+    )
     if "sampler_kwargs" in values:
         try:
             values["sampler_kwargs"] = json.loads(values["sampler_kwargs"])
