@@ -44,6 +44,7 @@ Official PyTorch tensor -> variable (docs/method.md#super-weight-layouts transpo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import keras
 import numpy as np
@@ -60,6 +61,9 @@ from elasticvit_tf.layers.dynamic_blocks import (
 from elasticvit_tf.layers.resize import RESIZE_METHODS, resize_images
 from elasticvit_tf.space import SearchSpace, get_space
 
+# Keras policies of the blocks: None (float32) or mixed precision (float32 variables).
+MIXED_POLICIES = (None, "mixed_bfloat16", "mixed_float16")
+
 
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
 class ElasticSupernet(keras.Model):
@@ -72,6 +76,11 @@ class ElasticSupernet(keras.Model):
         resize_method: ``"bicubic"`` (TF), ``"torch_bicubic"`` (PyTorch a=-0.75, half-pixel, no
             antialias) or ``"bilinear"``; inputs of any size are resized in-model to the slot's
             resolution (identity when already at that size).
+        dtype_policy: None (float32) or a Keras mixed-precision policy (``"mixed_bfloat16"``,
+            ``"mixed_float16"``) for the blocks: float32 variables, convolutions and matmuls in
+            the low precision; BatchNorm/LayerNorm statistics, the attention softmax and the
+            logits stay float32 (docs/method.md#mixed-precision). The supernet model itself,
+            its input resize and its arch variables stay float32.
     """
 
     def __init__(
@@ -81,9 +90,22 @@ class ElasticSupernet(keras.Model):
         num_slots: int = 4,
         resize_method: str = "bicubic",
         name: str = "elastic_supernet",
+        dtype_policy: Optional[str] = None,
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        if dtype_policy not in MIXED_POLICIES:
+            raise ValueError(f"dtype_policy={dtype_policy!r}; expected one of {MIXED_POLICIES}")
+        previous = keras.config.dtype_policy()
+        if dtype_policy is not None:
+            keras.config.set_dtype_policy(dtype_policy)  # the blocks created below take it
+        try:
+            self._create_blocks(space, num_classes, num_slots, resize_method)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        self.dtype_policy_name = dtype_policy
+
+    def _create_blocks(self, space, num_classes, num_slots, resize_method):
         if isinstance(space, str):
             space = get_space(space)
         if isinstance(space, dict):
@@ -289,8 +311,9 @@ class ElasticSupernet(keras.Model):
         return x
 
     def forward_head(self, features, training=None, slot=0):
+        """Logits, always float32 (the head computes in the blocks' precision)."""
         self._check_slot(slot, allow_tensor=True)
-        return self.head(features, training=bool(training))
+        return tf.cast(self.head(features, training=bool(training)), tf.float32)
 
     # ---------------------------------------------------------------------- weight decay
     def weight_decay_variables(self):

@@ -449,7 +449,8 @@ class TransformerLayer(_Block):
         vv = self.dw_v(vv, kernel_size=3)
         vv = tf.transpose(tf.reshape(vv, [-1, n, heads, dv]), [0, 2, 1, 3])
         attn = tf.matmul(q, k, transpose_b=True) * (dq**-0.5) + self._bias(side, heads)
-        attn = tf.nn.softmax(attn, axis=-1)
+        # softmax in float32 under mixed precision (no-op casts in float32)
+        attn = tf.cast(tf.nn.softmax(tf.cast(attn, tf.float32), axis=-1), q.dtype)
         o = tf.reshape(tf.transpose(tf.matmul(attn, vv), [0, 2, 1, 3]), [-1, n, heads * dv])
         return self.proj(hswish(o), out=c)
 

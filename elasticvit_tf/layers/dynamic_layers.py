@@ -19,6 +19,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from elasticvit_tf.layers.static_ops import token_layer_norm
+
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 LN_EPSILON = 1e-5
@@ -252,6 +254,7 @@ class DynamicBatchNorm(keras.layers.Layer):
     def __init__(
         self, max_channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, zero_init=False, **kwargs
     ):
+        kwargs.setdefault("autocast", False)  # float32 statistics under mixed precision
         super().__init__(**kwargs)
         self.max_channels = int(max_channels)
         self.momentum = float(momentum)
@@ -286,6 +289,8 @@ class DynamicBatchNorm(keras.layers.Layer):
         var.assign(new)
 
     def call(self, x, training=False):
+        dtype = x.dtype  # bfloat16/float16 under mixed precision: normalise in float32
+        x = tf.cast(x, tf.float32)
         c = tf.shape(x)[-1]
         axes = list(range(x.shape.rank - 1))
         if training:
@@ -302,7 +307,7 @@ class DynamicBatchNorm(keras.layers.Layer):
             mean = self.moving_mean[:c]
             var = self.moving_variance[:c]
         inv = tf.math.rsqrt(var + self.epsilon) * self.gamma[:c]
-        return (x - mean) * inv + self.beta[:c]
+        return tf.cast((x - mean) * inv + self.beta[:c], dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -315,14 +320,6 @@ class DynamicBatchNorm(keras.layers.Layer):
         return config
 
 
-def token_layer_norm(x, gamma, beta, epsilon=LN_EPSILON):
-    """The official "LayerNorm": moments over tokens x channels (axes 1, 2 of (B, N, C)),
-    per-channel affine (docs/method.md#transformer-layer,
-    docs/method.md#layernorm-over-tokens-and-channels)."""
-    mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
-    return (x - mean) * tf.math.rsqrt(var + epsilon) * gamma + beta
-
-
 @keras.saving.register_keras_serializable(package="elasticvit_tf")
 class DynamicTokenLayerNorm(keras.layers.Layer):
     """Official LayerNorm quirk on ``(B, N, C)`` tokens with ``[max_channels]`` gamma/beta.
@@ -333,6 +330,7 @@ class DynamicTokenLayerNorm(keras.layers.Layer):
     """
 
     def __init__(self, max_channels, epsilon=LN_EPSILON, **kwargs):
+        kwargs.setdefault("autocast", False)  # float32 statistics under mixed precision
         super().__init__(**kwargs)
         self.max_channels = int(max_channels)
         self.epsilon = float(epsilon)
@@ -345,7 +343,8 @@ class DynamicTokenLayerNorm(keras.layers.Layer):
 
     def call(self, x):
         c = tf.shape(x)[-1]
-        return token_layer_norm(x, self.gamma[:c], self.beta[:c], self.epsilon)
+        y = token_layer_norm(tf.cast(x, tf.float32), self.gamma[:c], self.beta[:c], self.epsilon)
+        return tf.cast(y, x.dtype)
 
     def get_config(self):
         config = super().get_config()

@@ -203,6 +203,9 @@ class SupernetTrainer(keras.Model):
         teacher = self._teacher_probs(images) if self.teachers else None
         num_classes = self.net.num_classes
         last = self.num_slots - 1
+        opt = self.optimizer
+        loss_scaling = isinstance(opt, keras.optimizers.LossScaleOptimizer)
+        adamw = opt.inner_optimizer if loss_scaling else opt
 
         # NOTE: the slots run in a tf.while_loop with the slot index as a tensor, so the
         # supernet forward/backward is traced once instead of once per slot (tracing and graph
@@ -218,6 +221,8 @@ class SupernetTrainer(keras.Model):
                 logits = tf.cast(self.net(images, training=True, slot=i), tf.float32)
                 loss = self._slot_loss(is_distill, logits, labels, teacher, prob_sum)
                 scaled = loss / n_rep
+                if loss_scaling:  # float16: scaled up so small gradients do not flush to 0
+                    scaled = opt.scale_loss(scaled)
             grads = tape.gradient(scaled, variables)
             grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
             prob_sum = prob_sum + keep * tf.stop_gradient(tf.nn.softmax(logits))
@@ -261,6 +266,9 @@ class SupernetTrainer(keras.Model):
 
         # Average over replicas here so AGC sees the global gradient (as DDP + timm do).
         total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total)
+        if loss_scaling:  # AGC and the logged cosines see true gradients (inf/nan stay so)
+            scale = tf.identity(opt.dynamic_scale)
+            total = [g / scale for g in total]
         if self.grad_cosine:
             logs["grad_cos"] = cos_sum / max(self.num_slots - 1, 1)
             logs["grad_cos_step"] = optim.flat_cosine(total, self._prev_update)
@@ -270,22 +278,24 @@ class SupernetTrainer(keras.Model):
             total = optim.adaptive_clip_gradients(total, variables, self.agc_clip, self.agc_eps)
         # NOTE: Keras sums gradients over replicas again inside apply_gradients; dividing the
         # (identical) averaged gradient by the replica count first makes that sum the average.
-        opt = self.optimizer
         if self.skip_unused_updates:
-            if not isinstance(opt, optim.FusedAdamW):
+            if not isinstance(adamw, optim.FusedAdamW):
                 raise ValueError(
-                    f"skip_unused_updates needs an optim.FusedAdamW, got {type(opt).__name__}"
+                    f"skip_unused_updates needs an optim.FusedAdamW, got {type(adamw).__name__}"
                 )
             dims = [self.net._dims(s) for s in range(self.num_slots)]
-            opt.skip_mask = {}
+            adamw.skip_mask = {}
             for group, used in self._usage:
                 mask = used(dims)
-                opt.skip_mask.update({opt._var_key(v): mask for v in group})
+                adamw.skip_mask.update({adamw._var_key(v): mask for v in group})
+        grads = [g / n_rep for g in total]
+        if loss_scaling:  # the LossScaleOptimizer unscales, and skips the step on inf/nan
+            grads = [g * scale for g in grads]
         try:
-            opt.apply_gradients(zip([g / n_rep for g in total], variables))
+            opt.apply_gradients(zip(grads, variables))
         finally:
             if self.skip_unused_updates:
-                opt.skip_mask = None
+                adamw.skip_mask = None
         if self.ema is not None:
             decay = optim.ema_decay_at(
                 self.ema_decay, self.optimizer.iterations, warmup=self.ema_warmup

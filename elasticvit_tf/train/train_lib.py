@@ -29,7 +29,16 @@ from elasticvit_tf import model_dir as md
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 # Config entries that must match to resume a model_dir (others, e.g. epochs, may change).
 _RESUME_KEYS = ("space", "space_fingerprint", "num_classes", "data", "num_slots")
-_RESUME_TRAIN_KEYS = ("sampler", "sampler_kwargs", "batch_size", "seed", "teacher")
+_RESUME_TRAIN_KEYS = (
+    "sampler",
+    "sampler_kwargs",
+    "batch_size",
+    "seed",
+    "teacher",
+    "mixed_precision",
+)
+# --mixed_precision -> the blocks' Keras dtype policy (docs/method.md#mixed-precision)
+MIXED_PRECISION = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 @dataclasses.dataclass
@@ -82,6 +91,9 @@ class TrainConfig:
     teacher_temperature: float = 0.2
     label_smoothing: float = 0.1
     # runtime
+    # float32, bfloat16 or float16 (with dynamic loss scaling): the blocks compute in it, the
+    # variables, optimizer state, norms' statistics, softmax and losses stay float32
+    mixed_precision: str = "float32"
     strategy: str = "auto"
     cpu_devices: int = 0  # >1: split the CPU into that many logical devices (tests)
     checkpoint_every: int = 500
@@ -200,6 +212,10 @@ def validate_config(config: TrainConfig) -> None:
     if config.sampler not in SAMPLER_NAMES:
         raise ValueError(
             f"unknown sampler {config.sampler!r}; expected one of {list(SAMPLER_NAMES)}"
+        )
+    if config.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(
+            f"mixed_precision={config.mixed_precision!r}; expected one of {list(MIXED_PRECISION)}"
         )
     if config.strategy not in STRATEGIES:
         raise ValueError(
@@ -538,6 +554,11 @@ def make_trainer(config: TrainConfig, net, learning_rate, teachers: Sequence = (
     from elasticvit_tf.train import optim, recipe
 
     opt = optim.make_optimizer(net, learning_rate, weight_decay=config.weight_decay)
+    if config.mixed_precision == "float16":  # dynamic loss scaling (the trainer scales)
+        import keras
+
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+        opt.build(net.trainable_variables)
     trainer = recipe.SupernetTrainer(
         net,
         teachers=teachers,
@@ -643,7 +664,12 @@ def _train_holding(config: TrainConfig, extra_callbacks, held: contextlib.ExitSt
         cooldown_steps=config.cooldown_steps,
     )
     with strategy.scope():
-        net = ElasticSupernet(space, info.num_classes, num_slots=config.num_subnets)
+        net = ElasticSupernet(
+            space,
+            info.num_classes,
+            num_slots=config.num_subnets,
+            dtype_policy=MIXED_PRECISION[config.mixed_precision],
+        )
         opt, trainer = make_trainer(config, net, schedule, teachers)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     sampler_var = tf.Variable("", dtype=tf.string, trainable=False, name="sampler_state")

@@ -71,6 +71,12 @@ def define_flags() -> None:
     )
     flags.DEFINE_float("teacher_temperature", d.teacher_temperature, "Teacher temperature.")
     flags.DEFINE_float("label_smoothing", d.label_smoothing, "Label smoothing without teachers.")
+    flags.DEFINE_string(
+        "mixed_precision",
+        d.mixed_precision,
+        "float32, bfloat16 or float16 (dynamic loss scaling): the blocks' compute precision; "
+        "variables, optimizer state, norm statistics, softmax and losses stay float32.",
+    )
     flags.DEFINE_string("strategy", d.strategy, f"tf.distribute strategy: {', '.join(STRATEGIES)}.")
     flags.DEFINE_integer("cpu_devices", d.cpu_devices, "Split the CPU into N logical devices.")
     flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Steps between checkpoints.")
