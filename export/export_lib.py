@@ -55,6 +55,7 @@ class ExportConfig:
     calibration_batches: int = 32
     calibration_batch_size: int = 64
     verify_images: int = 256
+    verify_split: str = "auto"  # auto: test, else val; search: the search split
     max_accuracy_drop: float = 1.0
     qat_steps: int = 100
     qat_batch_size: int = 32
@@ -65,6 +66,10 @@ class ExportConfig:
     warmup_runs: int = 10
     benchmark_runs: int = 50
     seed: int = 0
+    # int8-aware choice (export/rerank.py): re-rank the search's candidates within a budget
+    rerank_from: str | None = None  # a search's pareto.json
+    rerank_budget_ms: float | None = None
+    rerank_top_k: int = 5
 
     def validate(self) -> list[tflite_lib.QuantMode]:
         """Checks the settings before any work; returns the parsed modes."""
@@ -88,7 +93,13 @@ class ExportConfig:
                 "Give either --model_dir (with --arch) or --keras_model; received "
                 f"model_dir={self.model_dir!r}, keras_model={self.keras_model!r}."
             )
-        if has_dir and not self.arch:
+        if self.verify_split not in VERIFY_SPLITS:
+            raise ValueError(
+                f"--verify_split={self.verify_split}; expected one of {list(VERIFY_SPLITS)}."
+            )
+        if self.rerank_from:
+            self._validate_rerank(modes)
+        elif has_dir and not self.arch:
             raise ValueError("--model_dir needs --arch (an arch JSON file or a published name).")
         kind, _ = bench_lib.parse_target(self.target)
         if kind == "adb" and not self.benchmark_model_path:
@@ -101,6 +112,28 @@ class ExportConfig:
         if not self.output_dir:
             raise ValueError("--output_dir is required.")
         return modes
+
+    def _validate_rerank(self, modes) -> None:
+        if not self.model_dir or self.arch:
+            raise ValueError(
+                f"--rerank_from={self.rerank_from} needs --model_dir and no --arch (the "
+                f"candidates come from the search); received arch={self.arch!r}."
+            )
+        if tflite_lib.QuantMode.INT8 not in modes:
+            raise ValueError(
+                f"--rerank_from ranks by int8 accuracy: --quantize must include int8; received "
+                f"--quantize={','.join(m.value for m in modes)}."
+            )
+        if self.rerank_budget_ms is None or not self.rerank_budget_ms > 0:
+            raise ValueError(
+                f"--rerank_budget_ms={self.rerank_budget_ms}; expected a latency budget > 0 ms."
+            )
+        if isinstance(self.rerank_top_k, bool) or int(self.rerank_top_k) < 1:
+            raise ValueError(f"--rerank_top_k={self.rerank_top_k}; expected >= 1.")
+        if not os.path.isfile(self.rerank_from):
+            raise ValueError(
+                f"--rerank_from={self.rerank_from}: no such file; expected a search's pareto.json."
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +149,7 @@ def load_arch(value: str, space=None):
     return resolve_arch(value, space, validate=False)
 
 
-def _build_from_model_dir(cfg: ExportConfig, log) -> tuple[Any, dict, Any]:
+def _build_from_model_dir(cfg: ExportConfig, log, supernet=None) -> tuple[Any, dict, Any]:
     from elasticvit_tf.extract import extract_subnet
     from elasticvit_tf.model_dir import load_supernet, read_config, space_from_config
 
@@ -125,7 +158,9 @@ def _build_from_model_dir(cfg: ExportConfig, log) -> tuple[Any, dict, Any]:
     except ValueError:
         space = None  # load_supernet reports it below
     arch = load_arch(cfg.arch, space)
-    net, config = load_supernet(cfg.model_dir, space_name=cfg.space, use_ema=cfg.use_ema)
+    if supernet is None:
+        supernet = load_supernet(cfg.model_dir, space_name=cfg.space, use_ema=cfg.use_ema)
+    net, config = supernet
     try:
         net.space.validate_arch(arch)
     except ValueError as err:
@@ -164,15 +199,20 @@ def _resize(images: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(resize_images(images, side, "bicubic"), dtype=np.float32)
 
 
-def _eval_split(data_cfg: dict, cache=None) -> str:
-    """The held-out split used for verification: test, else val."""
+VERIFY_SPLITS = ("auto", "test", "val", "search")
+
+
+def _eval_split(data_cfg: dict, cache=None, want: str = "auto") -> str:
+    """The held-out split used for verification: ``want``, or for ``auto`` test, else val."""
     from elasticvit_tf.data import DataConfig, get_info
 
     sizes = get_info(DataConfig.from_dict(data_cfg), cache=cache).split_sizes
-    for name in ("test", "val"):
+    for name in ("test", "val") if want == "auto" else (want,):
         if sizes.get(name, 0) > 0:
             return name
-    raise ValueError(f"The data set has no non-empty test or val split; splits: {sizes}.")
+    raise ValueError(
+        f"--verify_split={want}: the data set has no such non-empty split; splits: {sizes}."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,8 +231,11 @@ def provenance(num_threads: int) -> dict[str, Any]:
     }
 
 
-def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
+def run_export(cfg: ExportConfig, log=print, supernet=None) -> dict[str, Any]:
     """Runs one export; returns the report dict (also written as export_report.json/.md).
+
+    ``supernet``: ``(net, config)`` already loaded from ``cfg.model_dir`` (several exports of
+    one model_dir load it once).
 
     Raises:
         ValueError: bad settings (unknown mode, arch outside the checkpoint's space, missing
@@ -208,7 +251,7 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
     modes = cfg.validate()
     t_start = time.time()
     if cfg.model_dir:
-        model, md_data, arch = _build_from_model_dir(cfg, log)
+        model, md_data, arch = _build_from_model_dir(cfg, log, supernet)
     else:
         if not os.path.isfile(cfg.keras_model):
             raise ValueError(f"--keras_model {cfg.keras_model!r} does not exist.")
@@ -229,7 +272,7 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
         )
 
     # Data: BN calibration + representative images from train; verification from val/test.
-    rep_images = train_x = train_y = None
+    rep_images = train_x = train_y = split = None
     if data_cfg is not None:
         from elasticvit_tf.data import DataCache
 
@@ -246,7 +289,8 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
         )
         train_x = _resize(train_x, side)
         rep_images = train_x[: cfg.representative_steps]
-        eval_ds = _dataset(data_cfg, _eval_split(data_cfg, cache), 64, cfg.seed, cache)
+        split = _eval_split(data_cfg, cache, cfg.verify_split)
+        eval_ds = _dataset(data_cfg, split, 64, cfg.seed, cache)
         eval_x, eval_y = quant_lib.collect_images(
             eval_ds, cfg.verify_images, with_labels=True, what="verification images"
         )
@@ -352,6 +396,7 @@ def run_export(cfg: ExportConfig, log=print) -> dict[str, Any]:
             "source": {"model_dir": cfg.model_dir, "keras_model": cfg.keras_model},
             "input_shape": list(in_shape),
             "num_verify_images": int(len(eval_x)),
+            "verify_split": split,
             "labels": eval_y is not None,
             "config": dataclasses.asdict(cfg),
             "provenance": provenance(cfg.num_threads),

@@ -5,6 +5,8 @@
     elasticvit-export --keras_model=model.keras --data=digits --quantize=float32,int8 ...
     elasticvit-export --benchmark_only --tflite=model_int8.tflite --target=adb:SERIAL \
         --benchmark_model_path=/path/to/android/benchmark_model --enable_op_profiling
+    elasticvit-export --model_dir=runs/demo --rerank_from=search/pareto.json \
+        --rerank_budget_ms=3 --rerank_top_k=5 --quantize=int8 --output_dir=export/
 
 The absl binary over ``export_lib`` (``ExportConfig`` + ``run_export``): a failing export leaves
 nothing new under ``--output_dir``.
@@ -53,6 +55,12 @@ def define_flags() -> None:
     f.DEFINE_integer("representative_steps", 100, "Representative images for int8 calibration.")
     f.DEFINE_integer("calibration_batches", 32, "Training batches for BN recalibration (0: off).")
     f.DEFINE_integer("verify_images", 256, "Held-out images used for verification.")
+    f.DEFINE_enum(
+        "verify_split",
+        "auto",
+        ["auto", "test", "val", "search"],
+        "Held-out split for verification (auto: test, else val).",
+    )
     f.DEFINE_float("max_accuracy_drop", 1.0, "Max top-1 drop (points) of quantized modes.")
     f.DEFINE_integer("qat_steps", 100, "QAT fine-tuning steps.")
     f.DEFINE_string("output_dir", None, "Where the .tflite files and reports go.")
@@ -69,6 +77,14 @@ def define_flags() -> None:
     f.DEFINE_boolean("benchmark_only", False, "Only benchmark --tflite.")
     f.DEFINE_string("tflite", None, "TFLite file for --benchmark_only.")
     f.DEFINE_integer("seed", 0, "Seed for data order and QAT.")
+    f.DEFINE_string(
+        "rerank_from",
+        None,
+        "A search's pareto.json: export its best candidates within --rerank_budget_ms in int8 "
+        "and keep the best int8 one (measured latency); writes rerank.json/.md.",
+    )
+    f.DEFINE_float("rerank_budget_ms", None, "Latency budget of the int8-aware choice (ms).")
+    f.DEFINE_integer("rerank_top_k", 5, "Candidates the int8-aware choice exports.")
 
 
 def config_from_flags(FLAGS) -> ExportConfig:
@@ -117,7 +133,13 @@ def main(argv) -> int:
             )
             print(benchmark_summary(FLAGS.tflite, res))
             return 0
-        run_export(config_from_flags(FLAGS))
+        config = config_from_flags(FLAGS)
+        if config.rerank_from:
+            from elasticvit_tf.export.rerank import run_rerank
+
+            run_rerank(config)
+        else:
+            run_export(config)
     except (ValueError, bench_lib.AdbError) as err:  # bad input or a missing tool: exit 2
         raise cli.UsageError(str(err)) from None
     except (verify_lib.VerificationError, tflite_lib.FlexOpError, quant_lib.QATError) as err:
