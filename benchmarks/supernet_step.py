@@ -26,7 +26,6 @@ Writes benchmarks/results/supernet_step.json (``--pieces``: supernet_step_pieces
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -38,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from elasticvit_tf.extract import extract_subnet
+from elasticvit_tf.fileio import write_json_atomic
 from elasticvit_tf.flops import count_flops
 from elasticvit_tf.space import get_published_arch, get_space
 from elasticvit_tf.supernet import ElasticSupernet
@@ -71,10 +71,13 @@ class StaticAsNet(keras.Model):
         ]
 
 
-def make_step(net, skip_unused=False):
+def make_step(net, skip_unused=False, mixed_precision="float32"):
     """The compiled ``elasticvit-train`` step of ``net`` (defaults of ``TrainConfig``)."""
     config = train_lib.TrainConfig(
-        model_dir="unused", num_subnets=net.num_slots, skip_unused_updates=skip_unused
+        model_dir="unused",
+        num_subnets=net.num_slots,
+        skip_unused_updates=skip_unused,
+        mixed_precision=mixed_precision,
     )
     _, trainer = train_lib.make_trainer(config, net, 1e-4)
     trainer.set_roles(["uniform"] * net.num_slots)
@@ -184,13 +187,23 @@ def _ms(ts):
     return float(np.median(ts) * 1e3)
 
 
-def bench_space(name, arch_names, batch, reps, retrace_archs):
+def bench_space(name, arch_names, batch, reps, retrace_archs, mixed_precision=""):
     space = get_space(name)
     num_classes = NUM_CLASSES.get(name, 10)
     net = ElasticSupernet(space, num_classes, num_slots=1)
     super_step, _ = make_step(net)
     skip_step, _ = make_step(net, skip_unused=True)
     super_grad = make_fwd_bwd(net)
+    mixed = {}
+    if mixed_precision:  # the same step under --mixed_precision, same weights
+        mp_net = ElasticSupernet(
+            space,
+            num_classes,
+            num_slots=1,
+            dtype_policy=train_lib.MIXED_PRECISION[mixed_precision],
+        )
+        mp_net.set_weights(net.get_weights())
+        mixed = {"mixed": make_step(mp_net, mixed_precision=mixed_precision)[0]}
     rng = np.random.default_rng(0)
     rows = []
     for label, arch in pick_archs(space, arch_names):
@@ -198,6 +211,8 @@ def bench_space(name, arch_names, batch, reps, retrace_archs):
         x = tf.constant(rng.normal(size=(batch, r, r, 3)).astype("float32"))
         y = tf.constant(rng.integers(0, num_classes, size=batch).astype("int32"))
         net.set_arch(arch)
+        if mixed:
+            mp_net.set_arch(arch)
         static = StaticAsNet(extract_subnet(net, arch), num_classes)
         static_step, _ = make_step(static)
         static_grad = make_fwd_bwd(static)
@@ -207,6 +222,7 @@ def bench_space(name, arch_names, batch, reps, retrace_archs):
             "static": static_step,
             "supernet_fb": super_grad,
             "static_fb": static_grad,
+            **mixed,
         }
         for _ in range(2):  # warm-up (traces, allocator)
             for fn in fns.values():
@@ -233,13 +249,28 @@ def bench_space(name, arch_names, batch, reps, retrace_archs):
             "static_params": int(sum(np.prod(v.shape) for v in static.trainable_variables)),
         }
         base["ratio_fwd_bwd"] = base["supernet_fwd_bwd_ms"] / base["static_fwd_bwd_ms"]
-        for key, skip in (("supernet", False), ("skip", True)):
-            row = dict(base, skip_unused_updates=skip, supernet_ms=_ms(times[key]))
+        variants = [("supernet", False, "float32"), ("skip", True, "float32")]
+        if mixed:
+            variants.append(("mixed", False, mixed_precision))
+        for key, skip, precision in variants:
+            row = dict(
+                base,
+                skip_unused_updates=skip,
+                mixed_precision=precision,
+                supernet_ms=_ms(times[key]),
+            )
             row["ratio"] = row["supernet_ms"] / row["static_ms"]
+            if precision != "float32":  # float32 supernet step / this step
+                row["speedup_vs_float32"] = _ms(times["supernet"]) / row["supernet_ms"]
             rows.append(row)
+            kind = (
+                "skip_unused "
+                if skip
+                else (f"{precision:12s}" if mixed and key == "mixed" else "default     ")
+            )
             print(
                 f"{name:10s} {label:10s} {row['mflops']:8.2f} MFLOPs b={batch} "
-                f"{'skip_unused ' if skip else 'default     '} supernet {row['supernet_ms']:7.1f}"
+                f"{kind} supernet {row['supernet_ms']:7.1f}"
                 f" ms static {row['static_ms']:7.1f} ms ratio {row['ratio']:.3f} | fwd+bwd "
                 f"{row['supernet_fwd_bwd_ms']:.1f} vs {row['static_fwd_bwd_ms']:.1f} ms ratio "
                 f"{row['ratio_fwd_bwd']:.3f}  load {row['loadavg'][0]}",
@@ -274,6 +305,12 @@ def main(argv=None):
     p.add_argument("--device", default="", help="e.g. GPU:0 (default: TensorFlow's placement)")
     p.add_argument("--graph_optimizations", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--pieces", action="store_true", help="time the optimizer-side pieces only")
+    p.add_argument(
+        "--mixed_precision",
+        default="",
+        choices=("", "bfloat16", "float16"),
+        help="also time the supernet step under this --mixed_precision (rows marked)",
+    )
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     name = "supernet_step_pieces.json" if args.pieces else "supernet_step.json"
@@ -287,13 +324,10 @@ def main(argv=None):
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     if args.pieces:
         rows = time_pieces(args.reps)
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(
-                {"benchmark": "supernet_step_pieces", "loadavg": os.getloadavg(), "rows": rows},
-                f,
-                indent=2,
-            )
+        write_json_atomic(
+            args.out,
+            {"benchmark": "supernet_step_pieces", "loadavg": os.getloadavg(), "rows": rows},
+        )
         print(f"wrote {args.out}")
         return 0
     all_rows, traces = [], []
@@ -303,22 +337,23 @@ def main(argv=None):
             names = ["min", "elastic_S1", "elastic_L3"] if name == "elasticvit" else None
             names = names or ["min", "middle", "max"]
         with tf.device(args.device or None):
-            rows, tr = bench_space(name, names, args.batch, args.reps, args.retrace_archs)
+            rows, tr = bench_space(
+                name, names, args.batch, args.reps, args.retrace_archs, args.mixed_precision
+            )
         all_rows += rows
         traces.append(tr)
     print(
-        "\n| space | arch | skip_unused | batch | supernet ms | static ms | ratio "
+        "\n| space | arch | skip_unused | precision | batch | supernet ms | static ms | ratio "
         "| fwd+bwd supernet ms | fwd+bwd static ms | ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in all_rows:
         print(
             f"| {r['space']} | {r['arch']} | {'yes' if r['skip_unused_updates'] else 'no'} | "
-            f"{r['batch']} | {r['supernet_ms']:.1f} | {r['static_ms']:.1f} | {r['ratio']:.3f} | "
+            f"{r['mixed_precision']} | {r['batch']} | {r['supernet_ms']:.1f} | {r['static_ms']:.1f} | {r['ratio']:.3f} | "
             f"{r['supernet_fwd_bwd_ms']:.1f} | {r['static_fwd_bwd_ms']:.1f} | "
             f"{r['ratio_fwd_bwd']:.3f} |"
         )
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     result = {
         "benchmark": "supernet_step",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -333,8 +368,7 @@ def main(argv=None):
         "rows": all_rows,
         "traces": traces,
     }
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0
 
