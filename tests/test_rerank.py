@@ -97,6 +97,7 @@ def test_rerank_exports_candidates_and_keeps_the_best_int8(tmp_path):
         rerank_budget_ms=40.0,  # drops the 50 ms point; any measured tiny model fits
         rerank_top_k=2,
         verify_images=64,
+        max_accuracy_drop=100.0,  # untrained weights: the int8 drop is noise here
         representative_steps=8,
         calibration_batches=2,
         warmup_runs=1,
