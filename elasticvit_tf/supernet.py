@@ -103,7 +103,6 @@ class ElasticSupernet(keras.Model):
             self._create_blocks(space, num_classes, num_slots, resize_method)
         finally:
             keras.config.set_dtype_policy(previous)
-        self.dtype_policy_name = dtype_policy
 
     def _create_blocks(self, space, num_classes, num_slots, resize_method):
         if isinstance(space, str):
