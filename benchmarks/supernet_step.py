@@ -71,8 +71,9 @@ class StaticAsNet(keras.Model):
         ]
 
 
-def make_step(net, skip_unused=False, mixed_precision="float32"):
-    """The compiled ``elasticvit-train`` step of ``net`` (defaults of ``TrainConfig``)."""
+def make_step(net, skip_unused=False, mixed_precision="float32", fused_update=True):
+    """The compiled ``elasticvit-train`` step of ``net`` (defaults of ``TrainConfig``);
+    ``fused_update=False``: the Keras ``apply_gradients`` path instead of ``optim.FusedUpdate``."""
     config = train_lib.TrainConfig(
         model_dir="unused",
         num_subnets=net.num_slots,
@@ -81,6 +82,7 @@ def make_step(net, skip_unused=False, mixed_precision="float32"):
     )
     _, trainer = train_lib.make_trainer(config, net, 1e-4)
     trainer.set_roles(["uniform"] * net.num_slots)
+    trainer.fused_update = fused_update
     step = tf.function(lambda x, y: trainer.train_step((x, y))["loss"], jit_compile=False)
     return step, trainer
 
@@ -187,13 +189,16 @@ def _ms(ts):
     return float(np.median(ts) * 1e3)
 
 
-def bench_space(name, arch_names, batch, reps, retrace_archs, mixed_precision=""):
+def bench_space(
+    name, arch_names, batch, reps, retrace_archs, mixed_precision="", keras_update=False, save=None
+):
     space = get_space(name)
     num_classes = NUM_CLASSES.get(name, 10)
     net = ElasticSupernet(space, num_classes, num_slots=1)
     super_step, _ = make_step(net)
     skip_step, _ = make_step(net, skip_unused=True)
     super_grad = make_fwd_bwd(net)
+    unfused = {"keras_update": make_step(net, fused_update=False)[0]} if keras_update else {}
     mixed = {}
     if mixed_precision:  # the same step under --mixed_precision, same weights
         mp_net = ElasticSupernet(
@@ -216,6 +221,8 @@ def bench_space(name, arch_names, batch, reps, retrace_archs, mixed_precision=""
         static = StaticAsNet(extract_subnet(net, arch), num_classes)
         static_step, _ = make_step(static)
         static_grad = make_fwd_bwd(static)
+        if keras_update:
+            unfused["static_keras_update"] = make_step(static, fused_update=False)[0]
         fns = {
             "supernet": super_step,
             "skip": skip_step,
@@ -223,6 +230,7 @@ def bench_space(name, arch_names, batch, reps, retrace_archs, mixed_precision=""
             "supernet_fb": super_grad,
             "static_fb": static_grad,
             **mixed,
+            **unfused,
         }
         for _ in range(2):  # warm-up (traces, allocator)
             for fn in fns.values():
@@ -249,16 +257,21 @@ def bench_space(name, arch_names, batch, reps, retrace_archs, mixed_precision=""
             "static_params": int(sum(np.prod(v.shape) for v in static.trainable_variables)),
         }
         base["ratio_fwd_bwd"] = base["supernet_fwd_bwd_ms"] / base["static_fwd_bwd_ms"]
-        variants = [("supernet", False, "float32"), ("skip", True, "float32")]
+        variants = [("supernet", False, "float32", "fused"), ("skip", True, "float32", "fused")]
         if mixed:
-            variants.append(("mixed", False, mixed_precision))
-        for key, skip, precision in variants:
+            variants.append(("mixed", False, mixed_precision, "fused"))
+        if keras_update:
+            variants.append(("keras_update", False, "float32", "keras"))
+        for key, skip, precision, update in variants:
             row = dict(
                 base,
                 skip_unused_updates=skip,
                 mixed_precision=precision,
+                update=update,
                 supernet_ms=_ms(times[key]),
             )
+            if update == "keras":  # both steps on the Keras apply_gradients path
+                row["static_ms"] = _ms(times["static_keras_update"])
             row["ratio"] = row["supernet_ms"] / row["static_ms"]
             if precision != "float32":  # float32 supernet step / this step
                 row["speedup_vs_float32"] = _ms(times["supernet"]) / row["supernet_ms"]
@@ -268,6 +281,7 @@ def bench_space(name, arch_names, batch, reps, retrace_archs, mixed_precision=""
                 if skip
                 else (f"{precision:12s}" if mixed and key == "mixed" else "default     ")
             )
+            kind = "keras_update" if update == "keras" else kind
             print(
                 f"{name:10s} {label:10s} {row['mflops']:8.2f} MFLOPs b={batch} "
                 f"{kind} supernet {row['supernet_ms']:7.1f}"
@@ -276,6 +290,8 @@ def bench_space(name, arch_names, batch, reps, retrace_archs, mixed_precision=""
                 f"{row['ratio_fwd_bwd']:.3f}  load {row['loadavg'][0]}",
                 flush=True,
             )
+        if save is not None:  # after every arch: a killed run keeps its rows
+            save(rows)
     trace = None
     if retrace_archs > 0:
         r = min(space.resolutions)
@@ -311,6 +327,11 @@ def main(argv=None):
         choices=("", "bfloat16", "float16"),
         help="also time the supernet step under this --mixed_precision (rows marked)",
     )
+    p.add_argument(
+        "--compare_keras_update",
+        action="store_true",
+        help="also time both steps with the Keras apply_gradients update (rows update=keras)",
+    )
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     name = "supernet_step_pieces.json" if args.pieces else "supernet_step.json"
@@ -331,29 +352,6 @@ def main(argv=None):
         print(f"wrote {args.out}")
         return 0
     all_rows, traces = [], []
-    for name in args.spaces.split(","):
-        names = args.archs.split(",") if args.archs else None
-        if names is None:
-            names = ["min", "elastic_S1", "elastic_L3"] if name == "elasticvit" else None
-            names = names or ["min", "middle", "max"]
-        with tf.device(args.device or None):
-            rows, tr = bench_space(
-                name, names, args.batch, args.reps, args.retrace_archs, args.mixed_precision
-            )
-        all_rows += rows
-        traces.append(tr)
-    print(
-        "\n| space | arch | skip_unused | precision | batch | supernet ms | static ms | ratio "
-        "| fwd+bwd supernet ms | fwd+bwd static ms | ratio |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in all_rows:
-        print(
-            f"| {r['space']} | {r['arch']} | {'yes' if r['skip_unused_updates'] else 'no'} | "
-            f"{r['mixed_precision']} | {r['batch']} | {r['supernet_ms']:.1f} | {r['static_ms']:.1f} | {r['ratio']:.3f} | "
-            f"{r['supernet_fwd_bwd_ms']:.1f} | {r['static_fwd_bwd_ms']:.1f} | "
-            f"{r['ratio_fwd_bwd']:.3f} |"
-        )
     result = {
         "benchmark": "supernet_step",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -368,6 +366,41 @@ def main(argv=None):
         "rows": all_rows,
         "traces": traces,
     }
+
+    def save(space_rows):
+        write_json_atomic(args.out, dict(result, rows=all_rows + space_rows))
+
+    for name in args.spaces.split(","):
+        names = args.archs.split(",") if args.archs else None
+        if names is None:
+            names = ["min", "elastic_S1", "elastic_L3"] if name == "elasticvit" else None
+            names = names or ["min", "middle", "max"]
+        with tf.device(args.device or None):
+            rows, tr = bench_space(
+                name,
+                names,
+                args.batch,
+                args.reps,
+                args.retrace_archs,
+                args.mixed_precision,
+                keras_update=args.compare_keras_update,
+                save=save,
+            )
+        all_rows += rows
+        traces.append(tr)
+    print(
+        "\n| space | arch | update | skip_unused | precision | batch | supernet ms | static ms "
+        "| ratio | fwd+bwd supernet ms | fwd+bwd static ms | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in all_rows:
+        print(
+            f"| {r['space']} | {r['arch']} | {r['update']} | "
+            f"{'yes' if r['skip_unused_updates'] else 'no'} | {r['mixed_precision']} | "
+            f"{r['batch']} | {r['supernet_ms']:.1f} | {r['static_ms']:.1f} | {r['ratio']:.3f} | "
+            f"{r['supernet_fwd_bwd_ms']:.1f} | {r['static_fwd_bwd_ms']:.1f} | "
+            f"{r['ratio_fwd_bwd']:.3f} |"
+        )
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0

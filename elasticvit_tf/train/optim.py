@@ -313,6 +313,109 @@ def ema_update(shadows, variables, decay) -> None:
         s.assign(d * s + (1.0 - d) * tf.cast(live, s.dtype))
 
 
+# ------------------------------------------------------------------------------ fused update
+class FusedUpdate:
+    """AGC, AdamW (``FusedAdamW``'s formula, decoupled decay first) and the EMA of the weights
+    in ONE XLA-compiled function over every variable, so each variable's elements are read and
+    written once per step: XLA fuses the per-variable chain (AGC scale, decay, moments, weight,
+    shadow) into one loop, where the TensorFlow kernels of the same maths make ~20 passes over
+    the 40.5 M super-weights (benchmarks/README.md#supernet_steppy). Same updates up to float
+    rounding (<= 1e-6 after several steps; tests/test_optim.py).
+
+    Used by ``recipe.SupernetTrainer`` where ``supported``: a ``FusedAdamW`` without loss
+    scaling, AMSGrad, clipping, gradient accumulation or Keras' own EMA, under one replica
+    (the multi-replica strategies keep the Keras update path and its cross-replica logic).
+    The compiled function sees only full-size variables, so it is compiled once for every
+    subnet.
+
+    Args:
+        optimizer: the ``FusedAdamW`` (its iterations, schedule, betas, epsilon, decay set).
+        variables: the trainable variables, in the gradients' order.
+        agc_clip / agc_eps: AGC (``adaptive_clip_gradients``; ``agc_clip <= 0``: off).
+        ema_shadows / ema_sources: the EMA pairs (empty: no EMA).
+    """
+
+    def __init__(self, optimizer, variables, agc_clip, agc_eps, ema_shadows=(), ema_sources=()):
+        self.optimizer = optimizer
+        self.variables = [_tf_variable(v) for v in variables]
+        self.agc_clip, self.agc_eps = float(agc_clip), float(agc_eps)
+        self.ema_pairs = [(s, _tf_variable(v)) for s, v in zip(ema_shadows, ema_sources)]
+        index = [optimizer._get_variable_index(v) for v in variables]
+        self.slots = [
+            (_tf_variable(optimizer._momentums[i]), _tf_variable(optimizer._velocities[i]))
+            for i in index
+        ]
+        wd = optimizer.weight_decay
+        self.decay = [wd is not None and optimizer._use_weight_decay(v) for v in variables]
+        self._fn = tf.function(self._apply, jit_compile=True)
+
+    @staticmethod
+    def supported(optimizer, num_replicas: int) -> bool:
+        return (
+            isinstance(optimizer, FusedAdamW)
+            and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+            and int(num_replicas) == 1
+            and not optimizer.amsgrad
+            and not optimizer.use_ema
+            and not optimizer.gradient_accumulation_steps
+            and optimizer.clipnorm is None
+            and optimizer.clipvalue is None
+            and optimizer.global_clipnorm is None
+            and keras.backend.backend() == "tensorflow"
+        )
+
+    def __call__(self, grads, ema_decay=None, masks=None):
+        """Applies ``grads``; ``ema_decay``: the EMA's decay at the new step (needed when
+        there is an EMA); ``masks``: ``{variable position: scalar bool}``, False = no AdamW
+        update nor decay for that variable this step (``--skip_unused_updates``)."""
+        opt = self.optimizer
+        lr = tf.cast(opt.learning_rate, tf.float32)
+        step = tf.cast(opt.iterations + 1, tf.float32)
+        masks = masks or {}
+        positions = sorted(masks)
+        decay = tf.constant(0.0) if ema_decay is None else tf.cast(ema_decay, tf.float32)
+        op = self._fn(list(grads), lr, step, decay, [masks[p] for p in positions], positions)
+        with tf.control_dependencies([op] if op is not None else []):
+            return opt.iterations.assign_add(1)
+
+    def _apply(self, grads, lr, step, ema_decay, mask_values, positions):
+        opt = self.optimizer
+        b1, b2, eps = float(opt.beta_1), float(opt.beta_2), float(opt.epsilon)
+        alpha = lr * tf.sqrt(1.0 - tf.pow(b2, step)) / (1.0 - tf.pow(b1, step))
+        wd = float(opt.weight_decay or 0.0)
+        mask_of = dict(zip(positions, mask_values))
+        for i, (g, var) in enumerate(zip(grads, self.variables)):
+            w = var.read_value()
+            dtype = w.dtype
+            g = tf.cast(g, dtype)
+            if self.agc_clip > 0:
+                axis = unit_axis(tuple(w.shape))
+                max_norm = self.agc_clip * tf.maximum(unitwise_norm(w, axis), self.agc_eps)
+                g = g * tf.minimum(max_norm / tf.maximum(unitwise_norm(g, axis), 1e-6), 1.0)
+            m, v = self.slots[i]
+
+            def update(w=w, g=g, m=m, v=v, var=var, decayed=self.decay[i]):
+                if decayed:
+                    w = w - w * tf.cast(wd, dtype) * tf.cast(lr, dtype)
+                m_new = m.read_value()
+                m_new = m_new + (g - m_new) * (1.0 - b1)
+                v_new = v.read_value()
+                v_new = v_new + (tf.square(g) - v_new) * (1.0 - b2)
+                m.assign(m_new)
+                v.assign(v_new)
+                var.assign(w - (m_new * tf.cast(alpha, dtype)) / (tf.sqrt(v_new) + eps))
+                return tf.constant(True)
+
+            if i in mask_of:
+                tf.cond(mask_of[i], update, lambda: tf.constant(False))
+            else:
+                update()
+        for s, src in self.ema_pairs:
+            d = tf.cast(ema_decay, s.dtype)
+            s.assign(d * s + (1.0 - d) * tf.cast(src.read_value(), s.dtype))
+        return tf.constant(True)
+
+
 # ------------------------------------------------------------------------------ diagnostics
 def flat_cosine(a: Sequence, b: Sequence):
     """Cosine similarity of two gradient lists seen as one flat vector each."""

@@ -60,6 +60,9 @@ class SupernetTrainer(keras.Model):
             all, as the official code under torch >= 2 (``set_to_none``); default: every
             super-weight gets its AdamW update, with zero gradient where unused
             (docs/method.md#training-recipe). Needs a ``FusedAdamW`` optimizer.
+        fused_update: apply AGC, AdamW and the EMA as one XLA-compiled pass over the weights
+            (``optim.FusedUpdate``) where it is supported (one replica, ``FusedAdamW`` without
+            loss scaling); False: always the Keras ``apply_gradients`` path.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class SupernetTrainer(keras.Model):
         ema_warmup: bool = False,
         grad_cosine: bool = False,
         skip_unused_updates: bool = False,
+        fused_update: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -87,6 +91,7 @@ class SupernetTrainer(keras.Model):
         self.ema_warmup = bool(ema_warmup)
         self.grad_cosine = bool(grad_cosine)
         self.skip_unused_updates = bool(skip_unused_updates)
+        self.fused_update = bool(fused_update)
         self._usage = usage_groups(net) if self.skip_unused_updates else []
         self.num_slots = int(net.num_slots)
         self.distillation = "min_from_mean"
@@ -274,6 +279,11 @@ class SupernetTrainer(keras.Model):
             logs["grad_cos_step"] = optim.flat_cosine(total, self._prev_update)
             for p, g in zip(self._prev_update, total):
                 p.assign(g)
+        if self.fused_update and optim.FusedUpdate.supported(opt, ctx.num_replicas_in_sync):
+            self._fused_step(total, variables)
+            logs["loss"] = tf.reduce_sum(slot_losses)
+            logs["lr"] = tf.cast(self.optimizer.learning_rate, tf.float32)
+            return _for_multi_worker(logs, self.distribute_strategy)
         if self.agc_clip > 0:
             total = optim.adaptive_clip_gradients(total, variables, self.agc_clip, self.agc_eps)
         # NOTE: Keras sums gradients over replicas again inside apply_gradients; dividing the
@@ -304,6 +314,32 @@ class SupernetTrainer(keras.Model):
         logs["loss"] = tf.reduce_sum(slot_losses)
         logs["lr"] = tf.cast(self.optimizer.learning_rate, tf.float32)
         return _for_multi_worker(logs, self.distribute_strategy)
+
+    def _fused_step(self, total, variables):
+        """AGC + AdamW + EMA as one XLA-compiled update (``optim.FusedUpdate``)."""
+        ema = self.ema
+        fused = optim.FusedUpdate(
+            self.optimizer,
+            variables,
+            self.agc_clip,
+            self.agc_eps,
+            ema.shadow if ema is not None else (),
+            ema.source_variables if ema is not None else (),
+        )
+        masks = None
+        if self.skip_unused_updates:
+            dims = [self.net._dims(s) for s in range(self.num_slots)]
+            position = {id(v): i for i, v in enumerate(variables)}
+            masks = {}
+            for group, used in self._usage:
+                mask = used(dims)
+                masks.update({position[id(v)]: mask for v in group})
+        decay = None
+        if ema is not None:  # the decay at the new step, as the Keras path computes it
+            decay = optim.ema_decay_at(
+                self.ema_decay, self.optimizer.iterations + 1, warmup=self.ema_warmup
+            )
+        fused(total, decay, masks)
 
     def test_step(self, data):
         images, labels = data[0], data[1]
