@@ -181,3 +181,43 @@ def test_fused_adamw_skip_mask_freezes_weights_and_moments(tiny_net):
     np.testing.assert_array_equal(np.asarray(m0.numpy()), 0.0)
     v0.assign(start[0])
     v1.assign(start[1])
+
+
+def test_fused_update_matches_agc_adamw_and_ema_kernels():
+    """``FusedUpdate`` (one XLA function) against the same maths as TensorFlow kernels
+    (``adaptive_clip_gradients`` + ``FusedAdamW.apply_gradients`` + ``ema_update``) on the same
+    gradients: decayed and undecayed variables, AGC clipping some units, a skip mask that is
+    False on step 2, the EMA; 3 steps."""
+    shapes = [(4, 3), (3, 3, 2, 4), (3, 3, 4, 1), (3,)]
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [
+        [(rng.normal(size=s) * rng.choice([1e-3, 10.0])).astype("float32") for s in shapes]
+        for _ in range(3)
+    ]
+    masks = [True, False, True]  # for variable 1, per step
+    results = {}
+    for fused in (False, True):
+        variables = [tf.Variable(s) for s in start]
+        opt = optim.FusedAdamW(learning_rate=0.01, weight_decay=0.1, epsilon=1e-8)
+        opt.exclude_from_weight_decay(var_list=variables[1::2])
+        opt.build(variables)
+        shadows = [tf.Variable(s) for s in start]
+        update = optim.FusedUpdate(opt, variables, 0.1, 1e-3, shadows, variables)
+        for g, keep in zip(grads, masks):
+            g = [tf.constant(a) for a in g]
+            if fused:
+                update(g, tf.constant(0.9), {1: tf.constant(keep)})
+            else:
+                clipped = optim.adaptive_clip_gradients(g, variables, 0.1, 1e-3)
+                opt.skip_mask = {opt._var_key(variables[1]): tf.constant(keep)}
+                opt.apply_gradients(zip(clipped, variables))
+                opt.skip_mask = None
+                optim.ema_update(shadows, variables, tf.constant(0.9))
+        assert int(opt.iterations.numpy()) == 3
+        results[fused] = [v.numpy() for v in variables + shadows] + [
+            np.asarray(m.numpy()) for m in opt._momentums + opt._velocities
+        ]
+    for a, b in zip(results[False], results[True]):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(results[True][0], start[0])

@@ -318,7 +318,7 @@ class FusedUpdate:
     """AGC, AdamW (``FusedAdamW``'s formula, decoupled decay first) and the EMA of the weights
     in ONE XLA-compiled function over every variable, so each variable's elements are read and
     written once per step: XLA fuses the per-variable chain (AGC scale, decay, moments, weight,
-    shadow) into one loop, where the TensorFlow kernels of the same maths make ~20 passes over
+    shadow) into one loop, where the TensorFlow kernels of the same maths make separate passes over
     the 40.5 M super-weights (benchmarks/README.md#supernet_steppy). Same updates up to float
     rounding (<= 1e-6 after several steps; tests/test_optim.py).
 
@@ -393,23 +393,21 @@ class FusedUpdate:
                 max_norm = self.agc_clip * tf.maximum(unitwise_norm(w, axis), self.agc_eps)
                 g = g * tf.minimum(max_norm / tf.maximum(unitwise_norm(g, axis), 1e-6), 1.0)
             m, v = self.slots[i]
-
-            def update(w=w, g=g, m=m, v=v, var=var, decayed=self.decay[i]):
-                if decayed:
-                    w = w - w * tf.cast(wd, dtype) * tf.cast(lr, dtype)
-                m_new = m.read_value()
-                m_new = m_new + (g - m_new) * (1.0 - b1)
-                v_new = v.read_value()
-                v_new = v_new + (tf.square(g) - v_new) * (1.0 - b2)
-                m.assign(m_new)
-                v.assign(v_new)
-                var.assign(w - (m_new * tf.cast(alpha, dtype)) / (tf.sqrt(v_new) + eps))
-                return tf.constant(True)
-
-            if i in mask_of:
-                tf.cond(mask_of[i], update, lambda: tf.constant(False))
-            else:
-                update()
+            m_old, v_old = m.read_value(), v.read_value()
+            w_new = w
+            if self.decay[i]:
+                w_new = w_new - w_new * tf.cast(wd, dtype) * tf.cast(lr, dtype)
+            m_new = m_old + (g - m_old) * (1.0 - b1)
+            v_new = v_old + (tf.square(g) - v_old) * (1.0 - b2)
+            w_new = w_new - (m_new * tf.cast(alpha, dtype)) / (tf.sqrt(v_new) + eps)
+            if i in mask_of:  # a select, not a conditional: XLA keeps the loop fused
+                keep = tf.logical_not(mask_of[i])
+                m_new = tf.where(keep, m_old, m_new)
+                v_new = tf.where(keep, v_old, v_new)
+                w_new = tf.where(keep, w, w_new)
+            m.assign(m_new)
+            v.assign(v_new)
+            var.assign(w_new)
         for s, src in self.ema_pairs:
             d = tf.cast(ema_decay, s.dtype)
             s.assign(d * s + (1.0 - d) * tf.cast(src.read_value(), s.dtype))
