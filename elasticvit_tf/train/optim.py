@@ -319,8 +319,8 @@ class FusedUpdate:
     in ONE XLA-compiled function over every variable, so each variable's elements are read and
     written once per step: XLA fuses the per-variable chain (AGC scale, decay, moments, weight,
     shadow) into one loop, where the TensorFlow kernels of the same maths make separate
-    passes over the 40.5 M super-weights (benchmarks/README.md#supernet_steppy). Same updates up to float
-    rounding (<= 1e-6 after several steps; tests/test_optim.py).
+    passes over the 40.5 M super-weights (benchmarks/README.md#supernet_steppy). Same updates
+    up to float rounding (<= 1e-6 after several steps; tests/test_optim.py).
 
     Used by ``recipe.SupernetTrainer`` where ``supported``: a ``FusedAdamW`` without loss
     scaling, AMSGrad, clipping, gradient accumulation or Keras' own EMA, under one replica
