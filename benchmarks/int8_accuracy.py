@@ -2,7 +2,7 @@
 
 For a trained model_dir (e.g. ``benchmarks/mixed_precision.py``'s float32 run, or any
 ``elasticvit-train`` run on Fashion-MNIST), exports the min and max arch and ``--num_archs``
-random archs spread over ``--strata`` FLOPs bands (``latency_predictor.held_out_archs``,
+random archs spread over ``--strata`` FLOPs bands (``flops.stratified_sample``,
 ``--seed``) exactly as ``elasticvit-export --quantize=float32,int8`` does (one supernet load,
 BN recalibration, the shipped int8 recipe), verified on ``--verify_images`` images of the test
 split, and tabulates float32 (Keras) top-1, int8 top-1, the drop in points and the int8 /
@@ -59,19 +59,16 @@ def main() -> int:
     if args.num_archs < 0 or args.strata < 1 or args.verify_images < 1:
         print("--num_archs >= 0, --strata >= 1 and --verify_images >= 1 expected", file=sys.stderr)
         return 2
-    sys.path.insert(0, HERE)
-    from latency_predictor import held_out_archs
-
     from elasticvit_tf.export import export_lib
     from elasticvit_tf.fileio import write_json_atomic
-    from elasticvit_tf.flops import count_flops
+    from elasticvit_tf.flops import count_flops, stratified_sample
     from elasticvit_tf.model_dir import load_supernet
 
     net, md_config = supernet = load_supernet(args.model_dir)
     space = net.space
     archs = [("min", space.min_arch()), ("max", space.max_arch())]
-    rand, strata = held_out_archs(
-        space, args.num_archs, args.seed, exclude=[a.key() for _, a in archs], strata=args.strata
+    rand, strata = stratified_sample(
+        space, args.num_archs, args.seed, args.strata, [a.key() for _, a in archs]
     )
     archs += [(f"s{s}_{i}", a) for i, (a, s) in enumerate(zip(rand, strata))]
     doc = {"model_dir": os.path.abspath(args.model_dir), "verify_images": args.verify_images}

@@ -36,7 +36,7 @@ from elasticvit_tf import lut as lut_lib  # noqa: E402
 from elasticvit_tf.arch import ArchConfig  # noqa: E402
 from elasticvit_tf.export import lut_builder  # noqa: E402
 from elasticvit_tf.export.lut_blocks import build_arch_model  # noqa: E402
-from elasticvit_tf.flops import count_flops  # noqa: E402
+from elasticvit_tf.flops import count_flops, stratified_sample  # noqa: E402
 from elasticvit_tf.lut import load_predictor  # noqa: E402
 from elasticvit_tf.search.latency import FlopsProxyPredictor  # noqa: E402
 
@@ -65,6 +65,13 @@ def define_flags():
         "Whole subnets per mode for the LUT calibration (>= 8: per-block-type scales).",
     )
     flags.DEFINE_string("lut_dir", None, "Reuse LUTs from here when present (else build).")
+    flags.DEFINE_list(
+        "reuse_truth",
+        [],
+        "Earlier result JSONs of this benchmark: a held-out subnet found there (same space, "
+        "mode, threads and clock; by arch key) keeps its measured ground truth instead of "
+        "being timed again (to score a changed predictor on the same subnets).",
+    )
     flags.DEFINE_list(
         "prior_luts", [], "Earlier LUT JSONs whose measured blocks the new build keeps."
     )
@@ -110,57 +117,6 @@ def metrics(pred, true) -> dict:
     }
 
 
-def held_out_archs(space, n, seed, exclude, strata=4):
-    """``n`` distinct random archs (``seed``), none in ``exclude``, spread evenly over
-    ``strata`` equal-width FLOPs bands between the space's min and max arch (each band's archs
-    drawn uniformly from a seeded pool); returns ``(archs, stratum per arch)``."""
-    rng = np.random.default_rng(seed)
-    lo, hi = count_flops(space, space.min_arch()), count_flops(space, space.max_arch())
-    edges = np.linspace(lo, hi, strata + 1)
-    want = [n // strata + (i < n % strata) for i in range(strata)]
-    bands = [[] for _ in range(strata)]
-    keys = set(exclude)
-    for _ in range(200 * n):
-        if all(len(b) >= w for b, w in zip(bands, want)):
-            break
-        a = space.sample(rng)
-        i = min(int(np.searchsorted(edges, count_flops(space, a), side="right")) - 1, strata - 1)
-        if a.key() in keys or len(bands[i]) >= want[i]:
-            continue
-        keys.add(a.key())
-        bands[i].append(a)
-    # NOTE: random sampling rarely reaches the largest band of a big space: top it up with
-    # seeded mutations towards the max arch (still never seen by any fitting step).
-    for i, band in enumerate(bands):
-        tries = 0
-        while len(band) < want[i] and tries < 2000 * n:
-            tries += 1
-            a = _grow(space, space.sample(rng), rng, edges[i])
-            f = count_flops(space, a)
-            if edges[i] <= f <= edges[i + 1] and a.key() not in keys:
-                keys.add(a.key())
-                band.append(a)
-    archs = [a for b in bands for a in b]
-    return archs, [i for i, b in enumerate(bands) for _ in b]
-
-
-def _grow(space, arch, rng, target):
-    """``arch`` with random dimensions set to their maximum until its FLOPs reach ``target``."""
-    d = arch.to_dict()
-    mx = space.max_arch().to_dict()
-    for _ in range(64):
-        if count_flops(space, ArchConfig.from_dict(d)) >= target:
-            break
-        if rng.random() < 0.2:
-            d["resolution"] = mx["resolution"]
-        else:
-            i = int(rng.integers(len(d["stages"])))
-            k = str(rng.choice(sorted(d["stages"][i])))
-            d["stages"][i][k] = mx["stages"][i][k]
-    a = ArchConfig.from_dict(d)
-    return a if space.contains(a) else arch
-
-
 def get_lut(space, mode, budget_s, log):
     if FLAGS.lut_dir:
         for name in sorted(os.listdir(FLAGS.lut_dir)) if os.path.isdir(FLAGS.lut_dir) else []:
@@ -200,10 +156,10 @@ def run_one(space, mode, result, save):
     pred = load_predictor(lut, space, mode)
     cal = lut["calibration"]
     cal_archs = [ArchConfig.from_dict(a) for a in cal["archs"]] if "archs" in cal else []
-    cal_archs = cal_archs or lut_builder.calibration_archs(space, len(cal["whole_ms"]), 0)
+    cal_archs = cal_archs or lut_builder.legacy_calibration_archs(space, len(cal["whole_ms"]))
     proxy = FlopsProxyPredictor.fit(space, cal_archs, lut["calibration"]["whole_ms"])
-    archs, strata = held_out_archs(
-        space, FLAGS.num_subnets, FLAGS.seed, [a.key() for a in cal_archs], FLAGS.strata
+    archs, strata = stratified_sample(
+        space, FLAGS.num_subnets, FLAGS.seed, FLAGS.strata, [a.key() for a in cal_archs]
     )
     rec = {
         "space": space.name,
@@ -225,7 +181,25 @@ def run_one(space, mode, result, save):
     )
     tmp = tempfile.mkdtemp(prefix="latbench_")
     files = []
+    reuse = reused_truth(space.name, mode)
     for i, (a, stratum) in enumerate(zip(archs, strata)):
+        old = reuse.get(a.key())
+        if old is not None:  # measured by an earlier run: only the predictions are new
+            rec["subnets"].append(
+                {
+                    "arch": a.to_dict(),
+                    "stratum": stratum,
+                    "mflops": count_flops(space, a),
+                    "pred_ms": pred.predict(a),
+                    "proxy_ms": proxy.predict(a),
+                    "sessions_ms": list(old["sessions_ms"]),
+                    "within_cv": list(old["within_cv"]),
+                    "convert_s": old.get("convert_s"),
+                    "reused_truth": True,
+                }
+            )
+            files.append(None)
+            continue
         t0 = time.monotonic()
         tfl = lut_builder.convert_for_latency(build_arch_model(space, a), mode)
         conv_s = time.monotonic() - t0
@@ -258,15 +232,40 @@ def run_one(space, mode, result, save):
         save()
     for _ in range(FLAGS.late_repeats):  # later passes: slow drift of the machine's load
         for s, path in zip(rec["subnets"], files):
+            if path is None:
+                continue
             with open(path, "rb") as f:
                 st = lut_builder.time_model(f.read(), timing)
             s["sessions_ms"].append(st["median_ms"])
             s["within_cv"].append(st["robust_cv"])
         summarize(rec)
         save()
+    summarize(rec)
+    save()
     for path in files:
-        os.remove(path)
+        if path is not None:
+            os.remove(path)
     os.rmdir(tmp)
+
+
+def reused_truth(space_name, mode):
+    """``{arch key: subnet record}`` from ``--reuse_truth`` runs of ``space_name``/``mode``
+    measured with this run's threads and clock (other runs in the files are ignored)."""
+    out = {}
+    for path in FLAGS.reuse_truth:
+        with open(path) as f:
+            doc = json.load(f)
+        prov = doc.get("provenance", {})
+        if prov.get("num_threads") != FLAGS.num_threads or prov.get("clock") != FLAGS.clock:
+            raise SystemExit(
+                f"--reuse_truth={path}: measured with {prov.get('num_threads')} threads, clock "
+                f"{prov.get('clock')!r}; expected {FLAGS.num_threads} and {FLAGS.clock!r}"
+            )
+        for run in doc.get("runs", []):
+            if run.get("space") == space_name and run.get("mode") == mode:
+                for s in run.get("subnets", []):
+                    out[ArchConfig.from_dict(s["arch"]).key()] = s
+    return out
 
 
 def summarize(rec):
@@ -380,6 +379,8 @@ def main(argv):
                 "num_calibration",
                 "clock",
                 "seed",
+                "prior_luts",
+                "reuse_truth",
             )
         },
         "load_average_start": os.getloadavg(),

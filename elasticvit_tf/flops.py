@@ -71,3 +71,61 @@ def macs_encoded(
 def count_flops_encoded(space: SearchSpace, rows: np.ndarray) -> np.ndarray:
     """MFLOPs (float64) of every encoded row."""
     return macs_encoded(space, rows) / 1e6
+
+
+def stratified_sample(
+    space: SearchSpace, n: int, seed: int, strata: int = 4, exclude=()
+) -> tuple[list[ArchConfig], list[int]]:
+    """``n`` distinct random archs (``seed``), none in ``exclude`` (arch keys), spread evenly
+    over ``strata`` equal-width FLOPs bands between the space's min and max arch; returns
+    ``(archs, band of each arch)``, band by band.
+
+    Uniform sampling rarely reaches the top bands of a large space (the ``elasticvit`` space's
+    random archs sit mostly below 1 GFLOPs of its 3.2), so a band still short after the draws
+    is filled with seeded draws grown towards the max arch (random dimensions set to their
+    maximum) until they land in it."""
+    rng = np.random.default_rng(seed)
+    lo, hi = count_flops(space, space.min_arch()), count_flops(space, space.max_arch())
+    edges = np.linspace(lo, hi, strata + 1)
+    want = [n // strata + (i < n % strata) for i in range(strata)]
+    bands: list[list[ArchConfig]] = [[] for _ in range(strata)]
+    keys = set(exclude)
+
+    def band_of(a):
+        return min(int(np.searchsorted(edges, count_flops(space, a), side="right")) - 1, strata - 1)
+
+    for _ in range(200 * n):
+        if all(len(b) >= w for b, w in zip(bands, want)):
+            break
+        a = space.sample(rng)
+        i = band_of(a)
+        if a.key() in keys or len(bands[i]) >= want[i]:
+            continue
+        keys.add(a.key())
+        bands[i].append(a)
+    for i, band in enumerate(bands):
+        tries = 0
+        while len(band) < want[i] and tries < 2000 * n:
+            tries += 1
+            a = _grow(space, space.sample(rng), rng, edges[i])
+            if edges[i] <= count_flops(space, a) <= edges[i + 1] and a.key() not in keys:
+                keys.add(a.key())
+                band.append(a)
+    return [a for b in bands for a in b], [i for i, b in enumerate(bands) for _ in b]
+
+
+def _grow(space: SearchSpace, arch: ArchConfig, rng, target: float) -> ArchConfig:
+    """``arch`` with random dimensions set to their maximum until its FLOPs reach ``target``."""
+    d = arch.to_dict()
+    mx = space.max_arch().to_dict()
+    for _ in range(64):
+        if count_flops(space, ArchConfig.from_dict(d)) >= target:
+            break
+        if rng.random() < 0.2:
+            d["resolution"] = mx["resolution"]
+        else:
+            i = int(rng.integers(len(d["stages"])))
+            k = str(rng.choice(sorted(d["stages"][i])))
+            d["stages"][i][k] = mx["stages"][i][k]
+    a = ArchConfig.from_dict(d)
+    return a if space.contains(a) else arch

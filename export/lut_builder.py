@@ -37,6 +37,7 @@ from elasticvit_tf import lut as lut_lib
 from elasticvit_tf.arch import ArchConfig
 from elasticvit_tf.blocks import BlockKind, BlockSpec, block_features, enumerate_blocks
 from elasticvit_tf.export.benchmark import CLOCKS, parse_target
+from elasticvit_tf.flops import stratified_sample
 from elasticvit_tf.space import SearchSpace
 
 # Features each block type's regressor uses (a subset of blocks.FEATURE_NAMES).
@@ -170,9 +171,22 @@ def design_order(space: SearchSpace, seed: int = 0) -> list[BlockSpec]:
 
 
 def calibration_archs(space: SearchSpace, n: int, seed: int = 0) -> list[ArchConfig]:
-    """Min arch, then seeded random archs (distinct; the max arch is the slowest to convert
-    and the random ones sit where searched subnets are)."""
-    rng = np.random.default_rng(seed + 10_000)
+    """The min arch, then ``n - 1`` seeded random archs spread evenly over the FLOPs range
+    (``flops.stratified_sample``, up to 4 bands): uniform draws of a large space sit at its
+    low end (the ``elasticvit`` space's below ~0.9 of its 3.2 GFLOPs), and calibrating on them
+    left the LUT ~5 % high on mid and large subnets (benchmarks/README.md#latency_predictorpy).
+    """
+    if n <= 1:
+        return [space.min_arch()][:n]
+    m = space.min_arch()
+    archs, _ = stratified_sample(space, n - 1, seed + 10_000, min(n - 1, 4), [m.key()])
+    return [m] + archs
+
+
+def legacy_calibration_archs(space: SearchSpace, n: int) -> list[ArchConfig]:
+    """The calibration archs of LUTs written before they were recorded in the file (min arch,
+    then uniform draws of seed 10 000), to refit such LUTs."""
+    rng = np.random.default_rng(10_000)
     archs = {space.min_arch().key(): space.min_arch()}
     while len(archs) < n:
         a = space.sample(rng)
@@ -450,6 +464,56 @@ def _net(ms: float, overhead: float) -> float:
     return max(ms - overhead, 0.1 * ms)
 
 
+def recalibrate_lut(
+    lut: dict,
+    space: SearchSpace,
+    num_calibration: int,
+    seed: int = 0,
+    cfg: Optional[MeasureConfig] = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """The LUT with its calibration subnets measured anew (``calibration_archs``: spread over
+    the FLOPs range) and its per-type scales, scale and constant refitted on them; its
+    measured blocks and block models are kept. For LUTs built before the calibration was
+    stratified, whose calibration subnets all sat at the low end of a large space. ``cfg``
+    defaults to the LUT's own threads, warm-up, runs and clock on the local CPU."""
+    lut, where = lut_lib.load(lut, space)
+    prov = lut.get("provenance", {})
+    if cfg is None:
+        cfg = MeasureConfig(
+            num_threads=int(prov.get("num_threads", 1)),
+            warmup=int(prov.get("warmup", 10)),
+            runs=int(prov.get("runs", 50)),
+            clock=str(prov.get("clock", "wall")),
+        )
+    mode = lut["mode"]
+    blocks_lut = lut_lib.LutLatencyPredictor(
+        space, mode, lut_lib.read_entries(lut, where), lut["models"]
+    )
+    archs = calibration_archs(space, num_calibration, seed)
+    wholes, ksums = [], []
+    for i, arch in enumerate(archs):
+        wholes.append(measure_arch(space, arch, mode, cfg)["median_ms"])
+        ksums.append(blocks_lut.kind_sums(arch))
+        log(f"[{mode}] calibration subnet {i + 1}/{len(archs)}: {wholes[-1]:.4f} ms")
+    kind_scales, sums, scale, constant = fit_subnet_calibration(ksums, wholes)
+    log(
+        f"[{mode}] recalibrated: kind scales {kind_scales}, scale {scale:.3f}, constant {constant:.4f}"
+    )
+    return {
+        **lut,
+        "constant_ms": constant,
+        "scale": scale,
+        "kind_scales": kind_scales,
+        "calibration": {
+            "archs": [a.to_dict() for a in archs],
+            "kind_sums_ms": ksums,
+            "blocks_sum_ms": sums,
+            "whole_ms": wholes,
+        },
+    }
+
+
 def refit_lut(lut: dict, space: SearchSpace) -> dict:
     """Redoes a LUT's fits and constant from its own measurements (entries + calibration
     subnets), e.g. after a fitting change; measures nothing and reads no other data."""
@@ -459,7 +523,7 @@ def refit_lut(lut: dict, space: SearchSpace) -> dict:
     if "archs" in cal:
         archs = [ArchConfig.from_dict(a) for a in cal["archs"]]
     else:  # LUTs written before the archs were recorded: the builder's default seed 0
-        archs = calibration_archs(space, len(cal["whole_ms"]), 0)
+        archs = legacy_calibration_archs(space, len(cal["whole_ms"]))
     models = fit_models(measured)
     for kind, cv in cross_validated_mape(measured).items():
         models[kind]["cv_mape"] = cv

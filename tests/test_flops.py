@@ -118,3 +118,22 @@ def test_vectorised_flops_published_models():
     np.testing.assert_allclose(
         flops.count_flops_encoded(space, enc), list(ref.values()), atol=0.006
     )
+
+
+@pytest.mark.parametrize("space_name", ["tiny", "elasticvit"])
+def test_stratified_sample_fills_every_flops_band(space_name):
+    """Equal counts per equal-width FLOPs band, also the top band of the real space that
+    uniform draws almost never reach; distinct, valid, seeded, excluding given keys."""
+    space = get_space(space_name)
+    lo, hi = flops.count_flops(space, space.min_arch()), flops.count_flops(space, space.max_arch())
+    edges = np.linspace(lo, hi, 5)
+    archs, bands = flops.stratified_sample(space, 10, seed=7, strata=4)
+    assert len(archs) == 10 and bands == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
+    assert len({a.key() for a in archs}) == 10
+    for a, b in zip(archs, bands):
+        assert space.contains(a)
+        assert edges[b] <= flops.count_flops(space, a) <= edges[b + 1]
+    again, _ = flops.stratified_sample(space, 10, seed=7, strata=4)
+    assert [a.key() for a in again] == [a.key() for a in archs]
+    other, _ = flops.stratified_sample(space, 10, seed=7, strata=4, exclude=[archs[0].key()])
+    assert archs[0].key() not in {a.key() for a in other}

@@ -321,3 +321,35 @@ def test_refit_reproduces_a_build_from_its_own_data(fake_device):
     assert again["entries"] == json.loads(json.dumps(lut["entries"]))
     with pytest.raises(ValueError, match="fingerprint"):
         lut_builder.refit_lut(lut, get_space("tiny"))
+
+
+def test_calibration_archs_span_the_flops_range():
+    """The min arch plus archs in every FLOPs quarter of the real space (uniform draws all
+    sat below 0.9 of its 3.2 GFLOPs), distinct and seeded; legacy LUTs keep their archs."""
+    from elasticvit_tf.flops import count_flops
+
+    space = get_space("elasticvit")
+    archs = lut_builder.calibration_archs(space, 12, seed=0)
+    assert archs[0].key() == space.min_arch().key() and len({a.key() for a in archs}) == 12
+    top = count_flops(space, space.max_arch())
+    assert max(count_flops(space, a) for a in archs) > 0.75 * top
+    assert [a.key() for a in lut_builder.calibration_archs(space, 12, seed=0)] == [
+        a.key() for a in archs
+    ]
+    legacy = lut_builder.legacy_calibration_archs(space, 12)
+    assert legacy[0].key() == space.min_arch().key()
+    assert max(count_flops(space, a) for a in legacy) < 0.5 * top
+
+
+def test_recalibrate_lut_keeps_blocks_and_refits_on_stratified_subnets(fake_device):
+    space = get_space("demo")
+    lut = lut_builder.build_mode_lut(space, "fp32", budget_s=5.0, num_calibration=2)
+    calls = fake_device["arch"]
+    new = lut_builder.recalibrate_lut(lut, space, num_calibration=6)
+    assert fake_device["arch"] == calls + 6
+    assert new["entries"] == lut["entries"] and new["models"] == lut["models"]
+    want = [a.to_dict() for a in lut_builder.calibration_archs(space, 6)]
+    assert new["calibration"]["archs"] == want
+    pred = lut_lib.load_predictor(new, space, "fp32")
+    for a in lut_builder.calibration_archs(space, 6, seed=5):
+        assert pred.predict(a) == pytest.approx(_fake_whole(space, a), rel=0.03)
