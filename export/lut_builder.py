@@ -498,7 +498,8 @@ def recalibrate_lut(
         log(f"[{mode}] calibration subnet {i + 1}/{len(archs)}: {wholes[-1]:.4f} ms")
     kind_scales, sums, scale, constant = fit_subnet_calibration(ksums, wholes)
     log(
-        f"[{mode}] recalibrated: kind scales {kind_scales}, scale {scale:.3f}, constant {constant:.4f}"
+        f"[{mode}] recalibrated: kind scales {kind_scales}, scale {scale:.3f}, "
+        f"constant {constant:.4f}"
     )
     return {
         **lut,
