@@ -156,7 +156,7 @@ def run_one(space, mode, result, save):
     pred = load_predictor(lut, space, mode)
     cal = lut["calibration"]
     cal_archs = [ArchConfig.from_dict(a) for a in cal["archs"]] if "archs" in cal else []
-    cal_archs = cal_archs or lut_builder.legacy_calibration_archs(space, len(cal["whole_ms"]))
+    cal_archs = cal_archs or lut_builder.calibration_archs(space, len(cal["whole_ms"]), 0)
     proxy = FlopsProxyPredictor.fit(space, cal_archs, lut["calibration"]["whole_ms"])
     archs, strata = stratified_sample(
         space, FLAGS.num_subnets, FLAGS.seed, FLAGS.strata, [a.key() for a in cal_archs]

@@ -170,23 +170,20 @@ def design_order(space: SearchSpace, seed: int = 0) -> list[BlockSpec]:
     return list(dict.fromkeys(order))
 
 
-def calibration_archs(space: SearchSpace, n: int, seed: int = 0) -> list[ArchConfig]:
-    """The min arch, then ``n - 1`` seeded random archs spread evenly over the FLOPs range
-    (``flops.stratified_sample``, up to 4 bands): uniform draws of a large space sit at its
-    low end (the ``elasticvit`` space's below ~0.9 of its 3.2 GFLOPs), and calibrating on them
-    left the LUT ~5 % high on mid and large subnets (benchmarks/README.md#latency_predictorpy).
-    """
-    if n <= 1:
-        return [space.min_arch()][:n]
-    m = space.min_arch()
-    archs, _ = stratified_sample(space, n - 1, seed + 10_000, min(n - 1, 4), [m.key()])
-    return [m] + archs
-
-
-def legacy_calibration_archs(space: SearchSpace, n: int) -> list[ArchConfig]:
-    """The calibration archs of LUTs written before they were recorded in the file (min arch,
-    then uniform draws of seed 10 000), to refit such LUTs."""
-    rng = np.random.default_rng(10_000)
+def calibration_archs(
+    space: SearchSpace, n: int, seed: int = 0, spread: bool = False
+) -> list[ArchConfig]:
+    """The min arch, then ``n - 1`` seeded random archs: uniform draws (the default: they sit
+    where searched subnets are, the low end of a large space), or with ``spread`` evenly over
+    the FLOPs range (``flops.stratified_sample``, up to 4 bands). Measured on the
+    ``elasticvit`` space (benchmarks/README.md#latency_predictorpy): spreading them cut the
+    LUT's bias on large subnets (±5 %: 40 -> 65 %) but cost the small ones (±10 % overall
+    95 -> 90 %), so it is not the default."""
+    if spread and n > 1:
+        m = space.min_arch()
+        archs, _ = stratified_sample(space, n - 1, seed + 10_000, min(n - 1, 4), [m.key()])
+        return [m] + archs
+    rng = np.random.default_rng(seed + 10_000)
     archs = {space.min_arch().key(): space.min_arch()}
     while len(archs) < n:
         a = space.sample(rng)
@@ -469,13 +466,13 @@ def recalibrate_lut(
     space: SearchSpace,
     num_calibration: int,
     seed: int = 0,
+    spread: bool = True,
     cfg: Optional[MeasureConfig] = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
-    """The LUT with its calibration subnets measured anew (``calibration_archs``: spread over
-    the FLOPs range) and its per-type scales, scale and constant refitted on them; its
-    measured blocks and block models are kept. For LUTs built before the calibration was
-    stratified, whose calibration subnets all sat at the low end of a large space. ``cfg``
+    """The LUT with new calibration subnets measured (``calibration_archs(..., spread)``) and
+    its per-type scales, scale and constant refitted on them; its measured blocks and block
+    models are kept (e.g. to compare calibration designs on one set of blocks). ``cfg``
     defaults to the LUT's own threads, warm-up, runs and clock on the local CPU."""
     lut, where = lut_lib.load(lut, space)
     prov = lut.get("provenance", {})
@@ -490,7 +487,7 @@ def recalibrate_lut(
     blocks_lut = lut_lib.LutLatencyPredictor(
         space, mode, lut_lib.read_entries(lut, where), lut["models"]
     )
-    archs = calibration_archs(space, num_calibration, seed)
+    archs = calibration_archs(space, num_calibration, seed, spread)
     wholes, ksums = [], []
     for i, arch in enumerate(archs):
         wholes.append(measure_arch(space, arch, mode, cfg)["median_ms"])
@@ -524,7 +521,7 @@ def refit_lut(lut: dict, space: SearchSpace) -> dict:
     if "archs" in cal:
         archs = [ArchConfig.from_dict(a) for a in cal["archs"]]
     else:  # LUTs written before the archs were recorded: the builder's default seed 0
-        archs = legacy_calibration_archs(space, len(cal["whole_ms"]))
+        archs = calibration_archs(space, len(cal["whole_ms"]), 0)
     models = fit_models(measured)
     for kind, cv in cross_validated_mape(measured).items():
         models[kind]["cv_mape"] = cv

@@ -323,22 +323,19 @@ def test_refit_reproduces_a_build_from_its_own_data(fake_device):
         lut_builder.refit_lut(lut, get_space("tiny"))
 
 
-def test_calibration_archs_span_the_flops_range():
-    """The min arch plus archs in every FLOPs quarter of the real space (uniform draws all
-    sat below 0.9 of its 3.2 GFLOPs), distinct and seeded; legacy LUTs keep their archs."""
+def test_calibration_archs_uniform_by_default_spread_on_request():
+    """Default: the min arch and uniform draws (the low end of the real space's FLOPs, where
+    searched subnets are); ``spread``: archs in every FLOPs quarter; distinct and seeded."""
     from elasticvit_tf.flops import count_flops
 
     space = get_space("elasticvit")
-    archs = lut_builder.calibration_archs(space, 12, seed=0)
-    assert archs[0].key() == space.min_arch().key() and len({a.key() for a in archs}) == 12
     top = count_flops(space, space.max_arch())
-    assert max(count_flops(space, a) for a in archs) > 0.75 * top
-    assert [a.key() for a in lut_builder.calibration_archs(space, 12, seed=0)] == [
-        a.key() for a in archs
-    ]
-    legacy = lut_builder.legacy_calibration_archs(space, 12)
-    assert legacy[0].key() == space.min_arch().key()
-    assert max(count_flops(space, a) for a in legacy) < 0.5 * top
+    for spread, lo, hi in ((False, 0.0, 0.5), (True, 0.75, 1.0)):
+        archs = lut_builder.calibration_archs(space, 12, seed=0, spread=spread)
+        assert archs[0].key() == space.min_arch().key() and len({a.key() for a in archs}) == 12
+        assert lo * top <= max(count_flops(space, a) for a in archs) <= hi * top
+        again = lut_builder.calibration_archs(space, 12, seed=0, spread=spread)
+        assert [a.key() for a in again] == [a.key() for a in archs]
 
 
 def test_recalibrate_lut_keeps_blocks_and_refits_on_stratified_subnets(fake_device):
@@ -348,8 +345,8 @@ def test_recalibrate_lut_keeps_blocks_and_refits_on_stratified_subnets(fake_devi
     new = lut_builder.recalibrate_lut(lut, space, num_calibration=6)
     assert fake_device["arch"] == calls + 6
     assert new["entries"] == lut["entries"] and new["models"] == lut["models"]
-    want = [a.to_dict() for a in lut_builder.calibration_archs(space, 6)]
+    want = [a.to_dict() for a in lut_builder.calibration_archs(space, 6, spread=True)]
     assert new["calibration"]["archs"] == want
     pred = lut_lib.load_predictor(new, space, "fp32")
-    for a in lut_builder.calibration_archs(space, 6, seed=5):
+    for a in lut_builder.calibration_archs(space, 6, seed=5, spread=True):
         assert pred.predict(a) == pytest.approx(_fake_whole(space, a), rel=0.03)
