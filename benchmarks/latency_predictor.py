@@ -183,20 +183,23 @@ def run_one(space, mode, result, save):
     files = []
     reuse = reused_truth(space.name, mode)
     for i, (a, stratum) in enumerate(zip(archs, strata)):
+        record = {
+            "arch": a.to_dict(),
+            "stratum": stratum,
+            "mflops": count_flops(space, a),
+            "pred_ms": pred.predict(a),
+            "proxy_ms": proxy.predict(a),
+        }
         old = reuse.get(a.key())
         if old is not None:  # measured by an earlier run: only the predictions are new
             rec["subnets"].append(
-                {
-                    "arch": a.to_dict(),
-                    "stratum": stratum,
-                    "mflops": count_flops(space, a),
-                    "pred_ms": pred.predict(a),
-                    "proxy_ms": proxy.predict(a),
-                    "sessions_ms": list(old["sessions_ms"]),
-                    "within_cv": list(old["within_cv"]),
-                    "convert_s": old.get("convert_s"),
-                    "reused_truth": True,
-                }
+                dict(
+                    record,
+                    sessions_ms=list(old["sessions_ms"]),
+                    within_cv=list(old["within_cv"]),
+                    convert_s=old.get("convert_s"),
+                    reused_truth=True,
+                )
             )
             files.append(None)
             continue
@@ -211,16 +214,12 @@ def run_one(space, mode, result, save):
         st = min(sess, key=lambda r: r["median_ms"])
         del tfl
         rec["subnets"].append(
-            {
-                "arch": a.to_dict(),
-                "stratum": stratum,
-                "mflops": count_flops(space, a),
-                "pred_ms": pred.predict(a),
-                "proxy_ms": proxy.predict(a),
-                "sessions_ms": [r["median_ms"] for r in sess],
-                "within_cv": [r["robust_cv"] for r in sess],
-                "convert_s": conv_s,
-            }
+            dict(
+                record,
+                sessions_ms=[r["median_ms"] for r in sess],
+                within_cv=[r["robust_cv"] for r in sess],
+                convert_s=conv_s,
+            )
         )
         s = rec["subnets"][-1]
         log(
