@@ -64,6 +64,12 @@ def define_flags():
         12,
         "Whole subnets per mode for the LUT calibration (>= 8: per-block-type scales).",
     )
+    flags.DEFINE_enum(
+        "calibration_design",
+        "mixed",
+        ["mixed", "uniform", "spread"],
+        "LUT calibration subnets (lut_builder.calibration_archs).",
+    )
     flags.DEFINE_string("lut_dir", None, "Reuse LUTs from here when present (else build).")
     flags.DEFINE_list(
         "reuse_truth",
@@ -140,6 +146,7 @@ def get_lut(space, mode, budget_s, log):
         budget_s=budget_s,
         output_path=FLAGS.lut_dir or os.path.join(FLAGS.output_dir, "luts"),
         num_calibration=FLAGS.num_calibration,
+        calibration_design=FLAGS.calibration_design,
         log=log,
         clock=FLAGS.clock,
         measure_fraction=FLAGS.measure_fraction,
@@ -156,7 +163,9 @@ def run_one(space, mode, result, save):
     pred = load_predictor(lut, space, mode)
     cal = lut["calibration"]
     cal_archs = [ArchConfig.from_dict(a) for a in cal["archs"]] if "archs" in cal else []
-    cal_archs = cal_archs or lut_builder.calibration_archs(space, len(cal["whole_ms"]), 0)
+    cal_archs = cal_archs or lut_builder.calibration_archs(
+        space, len(cal["whole_ms"]), 0, "uniform"
+    )
     proxy = FlopsProxyPredictor.fit(space, cal_archs, lut["calibration"]["whole_ms"])
     archs, strata = stratified_sample(
         space, FLAGS.num_subnets, FLAGS.seed, FLAGS.strata, [a.key() for a in cal_archs]
@@ -376,6 +385,7 @@ def main(argv):
                 "warmup",
                 "lut_budget_s",
                 "num_calibration",
+                "calibration_design",
                 "clock",
                 "seed",
                 "prior_luts",

@@ -74,11 +74,11 @@ def count_flops_encoded(space: SearchSpace, rows: np.ndarray) -> np.ndarray:
 
 
 def stratified_sample(
-    space: SearchSpace, n: int, seed: int, strata: int = 4, exclude=()
+    space: SearchSpace, n: int, seed: int, strata: int = 4, exclude=(), bands=None
 ) -> tuple[list[ArchConfig], list[int]]:
     """``n`` distinct random archs (``seed``), none in ``exclude`` (arch keys), spread evenly
-    over ``strata`` equal-width FLOPs bands between the space's min and max arch; returns
-    ``(archs, band of each arch)``, band by band.
+    over ``strata`` equal-width FLOPs bands between the space's min and max arch (only the
+    bands listed in ``bands`` when given); returns ``(archs, band of each arch)``, band by band.
 
     Uniform sampling rarely reaches the top bands of a large space (the ``elasticvit`` space's
     random archs sit mostly below 1 GFLOPs of its 3.2), so a band still short after the draws
@@ -87,7 +87,12 @@ def stratified_sample(
     rng = np.random.default_rng(seed)
     lo, hi = count_flops(space, space.min_arch()), count_flops(space, space.max_arch())
     edges = np.linspace(lo, hi, strata + 1)
-    want = [n // strata + (i < n % strata) for i in range(strata)]
+    chosen = list(range(strata)) if bands is None else sorted(set(bands))
+    if not chosen or not all(0 <= b < strata for b in chosen):
+        raise ValueError(f"bands={bands}: expected indices in [0, {strata})")
+    want = [0] * strata
+    for j, b in enumerate(chosen):
+        want[b] = n // len(chosen) + (j < n % len(chosen))
     bands: list[list[ArchConfig]] = [[] for _ in range(strata)]
     keys = set(exclude)
 

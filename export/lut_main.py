@@ -30,7 +30,17 @@ def define_flags() -> None:
     flags.DEFINE_integer("warmup", 10, "Warm-up invocations per measured model.", lower_bound=0)
     flags.DEFINE_integer("runs", 50, "Timed invocations per measured model.", lower_bound=1)
     flags.DEFINE_integer(
-        "num_calibration", 3, "Whole subnets measured per mode for the constant.", lower_bound=1
+        "num_calibration",
+        12,
+        "Whole subnets measured per mode for the per-block-type scales (>= 8) and the constant.",
+        lower_bound=1,
+    )
+    flags.DEFINE_enum(
+        "calibration_design",
+        "mixed",
+        ["mixed", "uniform", "spread"],
+        "How the calibration subnets are drawn: mixed (half uniform draws, half spread over "
+        "the upper FLOPs range), uniform, or spread over the whole FLOPs range.",
     )
     flags.DEFINE_enum(
         "clock",

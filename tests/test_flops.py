@@ -137,3 +137,9 @@ def test_stratified_sample_fills_every_flops_band(space_name):
     assert [a.key() for a in again] == [a.key() for a in archs]
     other, _ = flops.stratified_sample(space, 10, seed=7, strata=4, exclude=[archs[0].key()])
     assert archs[0].key() not in {a.key() for a in other}
+    upper, ub = flops.stratified_sample(space, 5, seed=7, strata=4, bands=(3, 1))
+    assert ub == [1, 1, 1, 3, 3]
+    for a, b in zip(upper, ub):
+        assert edges[b] <= flops.count_flops(space, a) <= edges[b + 1]
+    with pytest.raises(ValueError, match=r"bands=\(4,\): expected indices in \[0, 4\)"):
+        flops.stratified_sample(space, 5, seed=7, strata=4, bands=(4,))
