@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import time
+import types
 
 import numpy as np
 import pytest
@@ -361,31 +362,36 @@ def test_calibration_archs_designs():
 
 def test_measure_archs_converts_all_before_timing_and_reserves_the_timing(monkeypatch):
     """Subnets are timed in passes after every conversion (never right after their own);
-    under a deadline, a conversion starts only when its timing still fits."""
+    under a deadline, a conversion starts only when it (as long as the earlier ones took) and
+    the timing of every converted subnet still fit. A fake clock: a conversion takes 20 s."""
     space = get_space("tiny")
     archs = lut_builder.calibration_archs(space, 5, design="uniform")
-    events = []
-    monkeypatch.setattr(
-        lut_builder, "convert_for_latency", lambda m, mode: events.append("convert") or b"x"
-    )
+    events, clock = [], {"t": 0.0}
+    monkeypatch.setattr(lut_builder, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
+
+    def convert(model, mode):
+        events.append("convert")
+        clock["t"] += 20.0
+        return b"x"
 
     def time_models(paths, cfg):
         events.append(("time", len(paths), cfg.sessions))
         return [{"median_ms": 1.0} for _ in paths]
 
+    monkeypatch.setattr(lut_builder, "convert_for_latency", convert)
     monkeypatch.setattr(lut_builder, "time_models", time_models)
     cfg = lut_builder.MeasureConfig(warmup=0, runs=100, sessions=3)
     out = lut_builder.measure_archs(space, archs, "fp32", cfg)
     assert len(out) == 5 and events == ["convert"] * 5 + [("time", 5, 3)]
-    # 300 invocations x 100 ms each: 30 s of timing per subnet; 70 s left fit 2 + nothing more
-    # (at least 2 are always measured)
-    events.clear()
-    deadline = time.monotonic() + 70.0
-    out = lut_builder.measure_archs(space, archs, "fp32", cfg, deadline, [100.0] * 5)
-    assert len(out) == 2 and events == ["convert"] * 2 + [("time", 2, 3)]
-    events.clear()
-    out = lut_builder.measure_archs(space, archs, "fp32", cfg, time.monotonic() + 95.0, [10.0] * 5)
-    assert len(out) == 5
+    # conversions end at 20, 40, 60, 80 s: the 5th (80 + 20 > 90) does not start
+    for deadline, expected_ms, n in ((90.0, None, 4), (100.0, None, 5), (100.0, [10.0] * 5, 4)):
+        events.clear()
+        clock["t"] = 0.0
+        out = lut_builder.measure_archs(space, archs, "fp32", cfg, deadline, expected_ms)
+        assert len(out) == n and events == ["convert"] * n + [("time", n, 3)]
+    # timing alone (3 passes x 100 runs x 100 ms = 30 s per subnet) stops it after 2
+    clock["t"] = 0.0
+    assert len(lut_builder.measure_archs(space, archs, "fp32", cfg, 100.0, [100.0] * 5)) == 2
 
 
 def test_recalibrate_lut_keeps_blocks_and_refits_on_stratified_subnets(fake_device):
@@ -400,3 +406,40 @@ def test_recalibrate_lut_keeps_blocks_and_refits_on_stratified_subnets(fake_devi
     pred = lut_lib.load_predictor(new, space, "fp32")
     for a in lut_builder.calibration_archs(space, 6, seed=5, design="spread"):
         assert pred.predict(a) == pytest.approx(_fake_whole(space, a), rel=0.03)
+
+
+# The 12 calibration subnets of an `elasticvit` fp32 LUT measured on the project's 2-core x86
+# VM (2026-12-07, benchmarks/README.md#latency_predictorpy): per-type block sums (first_conv,
+# head, mbconv, stem_block, transformer, transition) and the whole subnet, ms.
+_ELASTICVIT_CALIBRATION = [
+    ([0.05, 0.266, 0.215, 0.064, 0.363, 0.263], 1.649),
+    ([0.084, 0.389, 1.987, 0.13, 1.96, 0.599], 6.536),
+    ([0.05, 0.444, 1.448, 0.271, 2.275, 0.446], 6.905),
+    ([0.069, 0.91, 2.044, 0.099, 4.78, 1.013], 11.898),
+    ([0.083, 0.548, 1.081, 0.12, 5.567, 1.171], 11.419),
+    ([0.05, 0.633, 1.523, 0.271, 2.394, 0.379], 7.002),
+    ([0.135, 0.569, 4.235, 0.389, 14.06, 1.386], 23.892),
+    ([0.176, 0.816, 3.172, 0.534, 18.695, 2.379], 29.380),
+    ([0.176, 0.816, 3.719, 1.068, 34.93, 2.461], 47.845),
+    ([0.343, 0.816, 8.7, 2.062, 26.596, 2.348], 45.797),
+    ([0.176, 0.816, 9.967, 0.254, 42.362, 3.033], 62.805),
+    ([0.343, 0.816, 10.956, 2.062, 41.769, 3.444], 64.093),
+]
+
+
+def test_choose_ridge_by_leave_one_out():
+    """Exact per-type effects: the weakest ridge (the fit recovers them). Measured subnets
+    of the real space (nearly collinear per-type sums, measurement noise): a strong ridge,
+    whose scales stay near 1 where the weakest one fitted mbconv x1.46 and head x1.75.
+    Too few subnets for a left-out fit: the first candidate."""
+    kinds = ("first_conv", "head", "mbconv", "stem_block", "transformer", "transition")
+    sums = [dict(zip(kinds, row)) for row, _ in _ELASTICVIT_CALIBRATION]
+    wholes = [w for _, w in _ELASTICVIT_CALIBRATION]
+    ridge = lut_builder.choose_ridge(sums, wholes)
+    assert ridge >= 1.0
+    weak = lut_builder.fit_kind_scales(sums, wholes, lut_builder.RIDGE_GRID[0])
+    assert weak["mbconv"] > 1.4 and weak["head"] > 1.6
+    assert all(0.9 < v < 1.2 for v in lut_builder.fit_kind_scales(sums, wholes).values())
+    exact = [1.3 * ks["transformer"] + sum(ks.values()) - ks["transformer"] for ks in sums]
+    assert lut_builder.choose_ridge(sums, exact) == lut_builder.RIDGE_GRID[0]
+    assert lut_builder.choose_ridge(sums[:8], wholes[:8]) == lut_builder.RIDGE_GRID[0]
