@@ -275,7 +275,7 @@ class LutLatencyPredictor:
     def blocks_sum(self, arch: ArchConfig) -> float:
         """Sum of the block latencies of ``arch`` in ms with the per-type correction, before
         the whole-subnet scale and constant (validates the arch)."""
-        return sum(self.kind_scales.get(k, 1.0) * v for k, v in self.kind_sums(arch).items())
+        return corrected_sum(self.kind_scales, self.kind_sums(arch))
 
     def predict(self, arch: ArchConfig) -> float:
         """Predicted whole-subnet latency in ms (validates the arch)."""
@@ -284,6 +284,11 @@ class LutLatencyPredictor:
     def breakdown(self, arch: ArchConfig) -> list[tuple[BlockSpec, float, bool]]:
         """``(block, ms, measured)`` per block, in execution order."""
         return [(s, self.block_latency(s), s in self.entries) for s in plan(self.space, arch)]
+
+
+def corrected_sum(kind_scales: Mapping[str, float], kind_sums: Mapping[str, float]) -> float:
+    """``sum over block types of kind_scale[type] * kind_sums[type]`` (a missing scale: 1)."""
+    return sum(kind_scales.get(k, 1.0) * v for k, v in kind_sums.items())
 
 
 def check_covers(predictor: "LutLatencyPredictor", space: SearchSpace) -> None:

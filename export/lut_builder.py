@@ -94,6 +94,11 @@ class MeasureConfig:
     clock: str = "wall"
 
 
+def _passes(cfg: MeasureConfig) -> int:
+    """Timing sessions per model: ``cfg.sessions`` locally, one on a device (its own tool)."""
+    return max(1, cfg.sessions) if cfg.target == "local" else 1
+
+
 def time_models(tflites: Sequence, cfg: MeasureConfig) -> list[dict[str, float]]:
     """Latency statistics of converted models (bytes or ``.tflite`` paths) on ``cfg.target`` through
     ``export.benchmark.benchmark``: median, p5, p95, cv and robust cv (1.4826 * MAD / median;
@@ -105,7 +110,7 @@ def time_models(tflites: Sequence, cfg: MeasureConfig) -> list[dict[str, float]]
     # NOTE: on a shared CPU, load only ever adds time: the best of a few session medians
     # is the stable statistic (one session's median was seen 12x off under load 14), and
     # sessions spread over passes see different moments of the machine's load.
-    for _ in range(max(1, cfg.sessions) if cfg.target == "local" else 1):
+    for _ in range(_passes(cfg)):
         for i, tflite in enumerate(tflites):
             r = benchmark(
                 tflite,
@@ -192,12 +197,13 @@ def measure_archs(
 
     from elasticvit_tf.export.lut_blocks import build_arch_model
 
-    passes = max(1, cfg.sessions) if cfg.target == "local" else 1
+    # seconds of timing each converted subnet will take
+    costs = [_passes(cfg) * (cfg.warmup + cfg.runs) * ms / 1e3 for ms in expected_ms or []]
     reserve, convert_s = 0.0, []
     with tempfile.TemporaryDirectory(prefix="lut_archs_") as tmp:
         paths = []
         for i, arch in enumerate(archs):
-            cost = passes * (cfg.warmup + cfg.runs) * (expected_ms or [0.0] * (i + 1))[i] / 1e3
+            cost = costs[i] if costs else 0.0
             if deadline is not None and len(paths) >= 2:
                 if time.monotonic() + np.mean(convert_s) + reserve + cost > deadline:
                     break
@@ -233,6 +239,12 @@ def design_order(space: SearchSpace, seed: int = 0) -> list[BlockSpec]:
 CALIBRATION_DESIGNS = ("mixed", "uniform", "spread")
 
 
+def check_design(design: str, name: str = "design") -> None:
+    """ValueError naming ``name`` unless ``design`` is one of ``CALIBRATION_DESIGNS``."""
+    if design not in CALIBRATION_DESIGNS:
+        raise ValueError(f"{name}={design!r}: expected one of {list(CALIBRATION_DESIGNS)}")
+
+
 def calibration_archs(
     space: SearchSpace, n: int, seed: int = 0, design: str = "mixed"
 ) -> list[ArchConfig]:
@@ -247,8 +259,7 @@ def calibration_archs(
     calibration over-predicted large subnets (+4.5 %, ±5 % on 40 % of held-out subnets),
     spread calibration under-predicted small ones (±10 % 95 -> 90 %); both ends measured
     (``mixed``) kept ±10 % and reached ±5 % on 72 %."""
-    if design not in CALIBRATION_DESIGNS:
-        raise ValueError(f"design={design!r}: expected one of {list(CALIBRATION_DESIGNS)}")
+    check_design(design)
     m = space.min_arch()
     archs = {m.key(): m}
     n_uniform = {"uniform": n - 1, "spread": 0, "mixed": (n - 1) // 2}[design] if n > 1 else 0
@@ -370,10 +381,10 @@ def fit_kind_scales(
     every ``a_k`` towards 1, clipped to [0.5, 2]; None: ``choose_ridge``); ``{}`` below
     ``KIND_CORRECTION_MIN`` subnets. It models what isolated blocks miss (cache effects,
     per-op overhead)."""
-    if ridge is None:
-        ridge = choose_ridge(kind_sums, wholes)
     if len(wholes) < KIND_CORRECTION_MIN:
         return {}
+    if ridge is None:
+        ridge = choose_ridge(kind_sums, wholes)
     kinds = sorted({k for ks in kind_sums for k in ks})
     s = np.array([[ks.get(k, 0.0) for k in kinds] for ks in kind_sums], dtype=np.float64)
     w = np.asarray(wholes, dtype=np.float64)
@@ -417,22 +428,21 @@ def choose_ridge(
             if i == anchor:
                 continue
             keep = [j for j in range(len(w)) if j != i]
-            scales = fit_kind_scales([kind_sums[j] for j in keep], w[keep], ridge)
-            sums = [sum(scales.get(k, 1.0) * v for k, v in kind_sums[j].items()) for j in keep]
-            a, b = fit_calibration(sums, w[keep])
-            pred = a * sum(scales.get(k, 1.0) * v for k, v in kind_sums[i].items()) + b
-            rel.append(pred / w[i] - 1.0)
+            scales, _, a, b = fit_subnet_calibration([kind_sums[j] for j in keep], w[keep], ridge)
+            rel.append((a * lut_lib.corrected_sum(scales, kind_sums[i]) + b) / w[i] - 1.0)
         errors.append(float(np.sqrt(np.mean(np.square(rel)))))
     return float(grid[int(np.argmin(errors))])
 
 
 def fit_subnet_calibration(
-    kind_sums: Sequence[dict[str, float]], wholes: Sequence[float]
+    kind_sums: Sequence[dict[str, float]],
+    wholes: Sequence[float],
+    ridge: Optional[float] = None,
 ) -> tuple[dict[str, float], list[float], float, float]:
     """``(kind_scales, corrected block sums, scale, constant_ms)`` from measured subnets:
-    ``fit_kind_scales``, then ``fit_calibration`` on the corrected sums."""
-    kind_scales = fit_kind_scales(kind_sums, wholes)
-    sums = [sum(kind_scales.get(k, 1.0) * v for k, v in ks.items()) for ks in kind_sums]
+    ``fit_kind_scales`` (``ridge``), then ``fit_calibration`` on the corrected sums."""
+    kind_scales = fit_kind_scales(kind_sums, wholes, ridge)
+    sums = [lut_lib.corrected_sum(kind_scales, ks) for ks in kind_sums]
     scale, constant = fit_calibration(sums, wholes)
     return kind_scales, sums, scale, constant
 
@@ -718,11 +728,7 @@ def build_lut(
         raise ValueError(f"budget_s={budget_s!r}: expected > 0 seconds")
     if not 0 < measure_fraction <= 1:
         raise ValueError(f"measure_fraction={measure_fraction!r}: expected a share in (0, 1]")
-    if calibration_design not in CALIBRATION_DESIGNS:
-        raise ValueError(
-            f"calibration_design={calibration_design!r}: expected one of "
-            f"{list(CALIBRATION_DESIGNS)}"
-        )
+    check_design(calibration_design, "calibration_design")
     parse_target(target)
     if target != "local" and not benchmark_model_path:
         raise ValueError(f"target={target!r} needs benchmark_model_path (got none)")
