@@ -579,10 +579,28 @@ def benchmark(
     enable_op_profiling: bool = False,
     min_time_s: float = 0.0,
     clock: str = "wall",
+    fresh_process: bool = False,
 ) -> BenchmarkResult:
     """Dispatches on `--target`: "local" -> benchmark_local, "adb:SERIAL" -> benchmark_adb
-    (`min_time_s` and `clock` are local options: the device's tool times wall clock)."""
+    (`min_time_s` and `clock` are local options: the device's tool times wall clock;
+    `fresh_process`: the local run in a fresh process that loads LiteRT only, see
+    `fresh_process.py`)."""
     kind, serial = parse_target(target)
+    if kind == "local" and fresh_process:
+        from elasticvit_tf.export import fresh_process as fresh
+
+        return fresh.call(
+            __name__,
+            "benchmark",
+            model=model,
+            target=target,
+            num_threads=num_threads,
+            warmup=warmup,
+            runs=runs,
+            enable_op_profiling=enable_op_profiling,
+            min_time_s=min_time_s,
+            clock=clock,
+        )
     if kind == "local":
         res = benchmark_local(
             model,

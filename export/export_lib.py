@@ -354,6 +354,7 @@ def run_export(cfg: ExportConfig, log=print, supernet=None) -> dict[str, Any]:
                 max_accuracy_drop=cfg.max_accuracy_drop,
                 num_threads=cfg.num_threads,
                 raise_on_failure=False,
+                fresh_process=True,  # LiteRT after TensorFlow's converter: fresh_process.py
             )
             log(
                 f"[{mode.value}] max abs err {ver.max_abs_error:.3g}, top-1 agreement "
@@ -387,6 +388,7 @@ def run_export(cfg: ExportConfig, log=print, supernet=None) -> dict[str, Any]:
                 runs=cfg.benchmark_runs,
                 benchmark_model_path=cfg.benchmark_model_path,
                 enable_op_profiling=cfg.enable_op_profiling,
+                fresh_process=True,
             )
             results[mode.value]["benchmark"] = res.to_dict()
         _compare_qat(results)

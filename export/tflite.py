@@ -277,17 +277,20 @@ def convert(
     else:
         converter = _fixed_batch_converter(keras_model, int(batch_size))
     configure_converter(converter, mode, representative_dataset=rep, int8_io=int8_io)
-    mixed = mode is QuantMode.INT8 and bool(deny)
-    if mixed:
-        # Calibrate only; quantize below with the deny-list (what QuantizationDebugger does).
+    two_step = mode is QuantMode.INT8
+    if two_step:
+        # Calibrate only; floor the degenerate ranges, then quantize with the deny-list (what
+        # QuantizationDebugger does; an empty deny-list is the converter's own int8 path).
         converter.experimental_mlir_quantizer = True
         converter._experimental_calibrate_only = True
     try:
         # Keras 3's SavedModel export prints the endpoint signature on stdout; keep it quiet.
         with contextlib.redirect_stdout(io.StringIO()):
             tflite_bytes = converter.convert()
-            if mixed:
-                tflite_bytes = _quantize_with_float_ops(tflite_bytes, deny, int8_io)
+            if two_step:
+                tflite_bytes = _quantize_with_float_ops(
+                    floor_calibrated_ranges(tflite_bytes), deny, int8_io
+                )
     except Exception as err:  # The converter raises ConverterError with the MLIR diagnostics.
         msg = str(err)
         if "Flex" in msg or "select TensorFlow op" in msg or "SELECT_TF_OPS" in msg:
@@ -298,6 +301,73 @@ def convert(
         raise
     check_builtin_only(tflite_bytes)
     return bytes(tflite_bytes)
+
+
+REQUANT_LIMIT = 128.0  # XNNPACK refuses int8 ops whose requantization scale is >= 256
+_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def floor_calibrated_ranges(calibrated: bytes) -> bytes:
+    """Widens the calibrated output range of an op where int8 would need a requantization
+    scale above ``REQUANT_LIMIT``: a conv / dense output under ``in_range * max|w| /
+    (127 * REQUANT_LIMIT)``, an ADD / SUB output under ``max input range / REQUANT_LIMIT``, a
+    MUL output under ``a_range * b_range / (255 * REQUANT_LIMIT)`` (ranges include 0, as int8
+    activations do). Ops processed in graph order, so a widened tensor is seen by its consumers.
+
+    NOTE: a ReLU conv whose outputs are all negative on the calibration images (an untrained
+    squeeze-excite reduce, a dead layer) is calibrated to [0, 1e-38]; its int8 output scale is
+    then ~1e-8 and the requantization scale ~300. XNNPACK cannot build such an op, and LiteRT's
+    XNNPACK delegate then frees one block twice while it cleans up (``xnn_create_runtime_v4``
+    fails, ``xnn_delete_runtime`` and ``xnn_delete_subgraph`` both free it): the process aborts
+    with "double free or corruption" (measured on a tiny-space int8 export). The widened range
+    still holds every calibrated value; it is only coarser, where the values are ~0 anyway.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(calibrated), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    changed = False
+    for sub in model.subgraphs or []:
+        tensors = sub.tensors
+
+        def span(t: int) -> "float | None":
+            q = tensors[t].quantization if t >= 0 else None
+            if q is None or q.min is None or q.max is None or len(q.min) != 1:
+                return None
+            return float(max(q.max[0], 0.0) - min(q.min[0], 0.0))
+
+        for op in sub.operators or []:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(int(code.builtinCode), int(code.deprecatedBuiltinCode)), "")
+            ins = [int(t) for t in op.inputs]
+            if not op.outputs or span(int(op.outputs[0])) is None:
+                continue
+            spans = [span(t) for t in ins]
+            need = 0.0
+            if name in _WEIGHTED_OPS and len(ins) > 1 and spans[0] is not None:
+                data = model.buffers[tensors[ins[1]].buffer].data
+                if data is not None and len(data):
+                    w = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32)
+                    need = spans[0] * float(np.max(np.abs(w))) / (127.0 * REQUANT_LIMIT)
+            elif name in ("ADD", "SUB") and None not in spans:
+                need = max(spans) / REQUANT_LIMIT
+            elif name == "MUL" and len(spans) == 2 and None not in spans:
+                need = spans[0] * spans[1] / (255.0 * REQUANT_LIMIT)
+            out = tensors[int(op.outputs[0])].quantization
+            lo, hi = min(float(out.min[0]), 0.0), max(float(out.max[0]), 0.0)
+            if hi - lo < need:
+                if hi > 0.0 or lo == 0.0:
+                    hi = lo + need
+                else:
+                    lo = hi - need
+                out.min, out.max = [np.float32(lo)], [np.float32(hi)]
+                changed = True
+    if not changed:
+        return calibrated
+    builder = flatbuffers.Builder(len(calibrated) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def _quantize_with_float_ops(calibrated: bytes, float_ops: list[str], int8_io: str) -> bytes:

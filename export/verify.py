@@ -87,6 +87,7 @@ def run_tflite(
     images: np.ndarray,
     num_threads: int = 1,
     batch_size: int = 32,
+    fresh_process: bool = False,
 ) -> np.ndarray:
     """Runs a single-input, single-output TFLite model with LiteRT on float images.
 
@@ -98,10 +99,23 @@ def run_tflite(
         images: float array `(N, H, W, C)`.
         num_threads: LiteRT threads.
         batch_size: images per invoke when the model has a dynamic batch dimension.
+        fresh_process: run in a fresh process that loads LiteRT only (`fresh_process.py`:
+            what the export does after converting with TensorFlow in this process).
 
     Returns:
         float32 array `(N, num_outputs)`.
     """
+    if fresh_process:
+        from elasticvit_tf.export import fresh_process as fresh
+
+        return fresh.call(
+            __name__,
+            "run_tflite",
+            tflite=tflite,
+            images=images,
+            num_threads=num_threads,
+            batch_size=batch_size,
+        )
     from ai_edge_litert.interpreter import Interpreter
 
     if isinstance(tflite, (str, os.PathLike)):
@@ -240,13 +254,15 @@ def verify(
     max_accuracy_drop: float = 1.0,
     num_threads: int = 1,
     raise_on_failure: bool = True,
+    fresh_process: bool = False,
 ) -> VerificationResult:
-    """Runs `tflite` on `images` and compares with `reference_logits` (see `compare`).
+    """Runs `tflite` on `images` (`run_tflite`, `fresh_process`) and compares with
+    `reference_logits` (see `compare`).
 
     Raises:
         VerificationError: if the criterion fails and `raise_on_failure`.
     """
-    candidate = run_tflite(tflite, images, num_threads=num_threads)
+    candidate = run_tflite(tflite, images, num_threads=num_threads, fresh_process=fresh_process)
     result = compare(
         reference_logits, candidate, labels=labels, mode=mode, max_accuracy_drop=max_accuracy_drop
     )

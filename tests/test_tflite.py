@@ -271,3 +271,54 @@ def test_float_ops_bad_names_and_modes(model, images):
         T.convert(model, "float32", float_ops=["SOFTMAX"])
     assert T.check_float_ops("softmax, HARD_SWISH,softmax") == ["SOFTMAX", "HARD_SWISH"]
     assert T.QuantMode.parse("int8_full").file_name == "model_int8_full.tflite"
+
+
+def _requant_scales(tflite_bytes):
+    """Per int8 CONV_2D: max over channels of input_scale * filter_scale / output_scale."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=tflite_bytes)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    out = []
+    for op in it._get_ops_details():
+        if op["op_name"] != "CONV_2D":
+            continue
+        i, w, o = (
+            tensors[int(op["inputs"][0])],
+            tensors[int(op["inputs"][1])],
+            tensors[int(op["outputs"][0])],
+        )
+        if o["dtype"] != np.int8:
+            continue
+        s = lambda t: t["quantization_parameters"]["scales"]  # noqa: E731
+        out.append(float(s(i)[0] * np.max(s(w)) / s(o)[0]))
+    return out
+
+
+def test_int8_ranges_floored_where_xnnpack_cannot_requantize():
+    """A ReLU conv whose outputs are all negative on the calibration images gets the range
+    [0, 1e-38]; int8 then needs a requantization scale of ~1e8, XNNPACK cannot build the model
+    (and LiteRT's delegate crashed the process on a larger one). Floored, it loads and runs
+    like Keras on the other outputs."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    dead = keras.layers.Conv2D(2, 1, activation="relu")
+    y = keras.layers.Conv2D(4, 1)(dead(x))
+    model = keras.Model(inp, keras.layers.Flatten()(keras.layers.Concatenate()([x, y])))
+    w, b = dead.get_weights()
+    dead.set_weights([w, b - 100.0])  # every output < 0: ReLU gives exact zeros
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((16, 8, 8, 3)).astype(np.float32)
+    for float_ops in ((), None):  # int8_full and the shipped recipe
+        data = T.convert(
+            model, "int8", representative_dataset=images[:8], batch_size=1, float_ops=float_ops
+        )
+        scales = _requant_scales(data)
+        assert scales and max(scales) < T.REQUANT_LIMIT * 1.01, scales
+        got = V.run_tflite(data, images, fresh_process=True)  # XNNPACK builds it
+        want = model.predict(images, verbose=0)
+        assert np.max(np.abs(got - want)) < 0.05 * np.max(np.abs(want))
