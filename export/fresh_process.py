@@ -29,6 +29,13 @@ CALL_FILE = "call.pkl"
 RESULT_FILE = "result.pkl"
 
 
+def _no_core_dump() -> None:
+    # A crashing runtime must not leave a core file of a TensorFlow-sized process behind.
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 class FreshProcessError(RuntimeError):
     """The fresh process died without a result (a crash, a kill or a timeout)."""
 
@@ -47,7 +54,14 @@ def call(module: str, function: str, /, timeout_s: float = 3600.0, **kwargs: Any
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         cmd = [sys.executable, "-m", "elasticvit_tf.export.fresh_process", wd]
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.run(
+                cmd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                preexec_fn=_no_core_dump if os.name == "posix" else None,
+            )
         except subprocess.TimeoutExpired as err:
             raise FreshProcessError(
                 f"{module}.{function} did not finish within {timeout_s:.0f} s in its process"
