@@ -354,7 +354,7 @@ def run_export(cfg: ExportConfig, log=print, supernet=None) -> dict[str, Any]:
                 max_accuracy_drop=cfg.max_accuracy_drop,
                 num_threads=cfg.num_threads,
                 raise_on_failure=False,
-                fresh_process=True,  # LiteRT after TensorFlow's converter: fresh_process.py
+                fresh_process=True,  # a LiteRT crash becomes an error: fresh_process.py
             )
             log(
                 f"[{mode.value}] max abs err {ver.max_abs_error:.3g}, top-1 agreement "

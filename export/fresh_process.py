@@ -1,14 +1,12 @@
 """Runs a LiteRT function in a fresh Python process and returns its result.
 
-The export converts with TensorFlow and then runs the converted files with LiteRT. In a
-process that has run TensorFlow's converter (Keras, tf.data, calibration, MLIR quantizer),
-LiteRT's XNNPACK delegate sometimes aborts while it prepares an int8 model: glibc reports
-"double free or corruption (!prev)" inside ``xnn_delete_subgraph`` called from the delegate's
-``SubgraphInit`` (measured: 2 of 23 in-process runs of ``tests/test_rerank.py`` here, and a
-CI worker killed the same way). The same files, loaded by a process that runs LiteRT only, never
-failed (15 x 12 loads, also under glibc's malloc checker and under valgrind without an error),
-so the export runs its LiteRT work (verification, local benchmark) through :func:`call`:
-a fresh interpreter process that imports numpy and LiteRT, not TensorFlow.
+The export verifies and times its converted files through :func:`call`, in a fresh process
+that imports numpy and LiteRT, not TensorFlow, so that a native crash of the runtime becomes a
+one-line ``FreshProcessError`` naming the function and the signal instead of killing the
+export (or a test worker). Such a crash was measured: an int8 file with a degenerate
+calibrated range made LiteRT's XNNPACK delegate free one block twice and abort the process
+(``tflite.floor_calibrated_ranges`` removes that cause; this module keeps the next unknown one
+from taking the caller down).
 
 Arguments and results travel as pickles through a private temporary folder; an exception of
 the function is raised again in the caller with its type and message.

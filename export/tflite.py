@@ -325,8 +325,8 @@ def floor_calibrated_ranges(calibrated: bytes) -> bytes:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
+    codes = _code_names(*_read_model(calibrated))
     model = schema.ModelT.InitFromPackedBuf(bytearray(calibrated), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     changed = False
     for sub in model.subgraphs or []:
         tensors = sub.tensors
@@ -338,8 +338,7 @@ def floor_calibrated_ranges(calibrated: bytes) -> bytes:
             return float(max(q.max[0], 0.0) - min(q.min[0], 0.0))
 
         for op in sub.operators or []:
-            code = model.operatorCodes[op.opcodeIndex]
-            name = names.get(max(int(code.builtinCode), int(code.deprecatedBuiltinCode)), "")
+            name = codes[op.opcodeIndex]
             ins = [int(t) for t in op.inputs]
             if not op.outputs or span(int(op.outputs[0])) is None:
                 continue

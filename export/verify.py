@@ -100,7 +100,7 @@ def run_tflite(
         num_threads: LiteRT threads.
         batch_size: images per invoke when the model has a dynamic batch dimension.
         fresh_process: run in a fresh process that loads LiteRT only (`fresh_process.py`:
-            what the export does after converting with TensorFlow in this process).
+            a crash of the runtime raises FreshProcessError instead of ending this process).
 
     Returns:
         float32 array `(N, num_outputs)`.
