@@ -168,11 +168,14 @@ def test_lut_predictor_ranks_held_out_tiny_subnets():
     from elasticvit_tf.export import lut_builder
 
     space = get_space("tiny")
-    lut = lut_builder.build_mode_lut(space, "fp32", budget_s=8.0, num_calibration=2)
+    # CPU time of the calling thread (1 thread): what a loaded shared CPU does not inflate; a
+    # wall-clock LUT built while another pytest worker trained read 6x high once.
+    cpu = lut_builder.MeasureConfig(num_threads=1, clock="cpu")
+    lut = lut_builder.build_mode_lut(space, "fp32", budget_s=8.0, num_calibration=2, cfg=cpu)
     pred = load_predictor(lut, space, "fp32")
     pool = sorted(_archs(space, 300, seed=99), key=lambda a: count_flops(space, a))
     held_out = [pool[int(q * (len(pool) - 1))] for q in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    cfg = lut_builder.MeasureConfig(num_threads=1, warmup=5, runs=30, min_time_s=0.05)
+    cfg = lut_builder.MeasureConfig(num_threads=1, warmup=5, runs=30, min_time_s=0.05, clock="cpu")
     true = [lut_builder.measure_arch(space, a, "fp32", cfg)["median_ms"] for a in held_out]
     p = [pred.predict(a) for a in held_out]
     rho = spearmanr(p, true).statistic
